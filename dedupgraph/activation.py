@@ -1,0 +1,55 @@
+"""Switch the pass on and off for arrays, delayed and bags.
+
+>>> import dedupgraph
+>>> with dedupgraph.enable(min_bytes="128 KiB"):
+...     pass  # computations here are deduplicated
+>>> dedupgraph.enable()     # doctest: +SKIP
+>>> dedupgraph.disable()    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.config
+
+from dedupgraph.optimizer import Deduplicator, dedup, dedup_bag, dedup_delayed
+from dedupgraph.settings import Settings
+
+OPTIMIZER_KEYS = {
+    "array_optimize": dedup,
+    "delayed_optimize": dedup_delayed,
+    "bag_optimize": dedup_bag,
+}
+
+
+def enable(**settings: Any) -> dask.config.set:
+    """Deduplicate every array, delayed and bag computation; returns a ``dask.config.set``.
+
+    >>> with enable(min_count=3):
+    ...     dask.config.get("dedupgraph.min-count")
+    3
+
+    Called plainly, the change stays; used as a context manager, the previous
+    configuration comes back on exit.  ``settings`` (``min_bytes``,
+    ``min_count``) are validated now and written to ``dask.config``, so on
+    distributed they travel with the graph to the scheduler.
+    """
+    chosen = Settings.from_config(**settings)
+    written = {f"dedupgraph.{name.replace('_', '-')}" for name in settings}
+    config = {k: v for k, v in chosen.as_config().items() if k in written}
+    return dask.config.set({**OPTIMIZER_KEYS, **config})
+
+
+def disable() -> dask.config.set:
+    """Restore dask's own optimizers where dedupgraph's are set; returns a ``dask.config.set``.
+
+    >>> with enable(), disable():
+    ...     dask.config.get("array_optimize")
+    """
+    ours = {
+        key: None
+        for key in OPTIMIZER_KEYS
+        if isinstance(dask.config.get(key, default=None), Deduplicator)
+    }
+    return dask.config.set(ours)

@@ -1,0 +1,148 @@
+"""The pass: fingerprint the candidates, plan what to hoist, rewrite the graph.
+
+>>> import dask, dask.array as da
+>>> import dedupgraph
+>>> with dask.config.set(array_optimize=dedupgraph.dedup):
+...     total = da.ones(10, chunks=2).map_blocks(lambda b, t: b + len(t), list(range(40_000))).sum()
+...     int(total.compute())
+400010
+
+``dedup``, ``dedup_delayed`` and ``dedup_bag`` run dask's own optimization of
+their collection first (culling, fusion) and deduplicate its output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+from dask._task_spec import GraphNode, convert_legacy_graph
+from dask.utils import ensure_dict, format_bytes
+
+from dedupgraph.candidates import find_candidates
+from dedupgraph.fingerprint import FingerprintMemo
+from dedupgraph.plan import Plan, plan_hoists
+from dedupgraph.rewrite import rewrite_graph
+from dedupgraph.settings import Settings
+
+logger = logging.getLogger("dedupgraph")
+
+Optimizer = Callable[..., Mapping[Hashable, Any]]
+
+
+def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings) -> Mapping[Hashable, Any]:
+    """``dsk`` with its repeated large objects hoisted; ``dsk`` itself if nothing is.
+
+    >>> big = list(range(50_000))
+    >>> out = deduplicate_graph({"a": (len, big), "b": (len, big)}, Settings())
+    >>> sorted(k.rsplit("-", 1)[0] for k in out)
+    ['a', 'b', 'dedup-list']
+    """
+    graph = task_graph(dsk)
+    candidates = find_candidates(graph, FingerprintMemo(settings.min_bytes))
+    plan = plan_hoists(candidates, settings)
+    if not plan:
+        return dsk
+    _log_plan(plan)
+    return rewrite_graph(graph, plan, candidates)
+
+
+def task_graph(dsk: Mapping[Hashable, Any]) -> dict[Hashable, GraphNode]:
+    """A plain dict of ``GraphNode``s; entries that are already nodes keep their identity."""
+    graph = ensure_dict(dsk)
+    if all(isinstance(v, GraphNode) for v in graph.values()):
+        return graph
+    return convert_legacy_graph(graph)
+
+
+def _log_plan(plan: Plan) -> None:
+    hoists = list(plan.hoists.values())
+    labels = ", ".join(sorted({h.fingerprint.label for h in hoists}))
+    logger.info(
+        "hoisted %d object%s (%s, %s) shared by %d tasks; %s of task payload saved",
+        len(hoists),
+        "" if len(hoists) == 1 else "s",
+        format_bytes(sum(h.fingerprint.nbytes for h in hoists)),
+        labels,
+        len({t for h in hoists for t in h.tasks}),
+        format_bytes(sum(h.saved_bytes for h in hoists)),
+    )
+
+
+class Deduplicator:
+    """A dask optimizer: runs ``base``, then hoists repeated large objects into shared keys.
+
+    >>> import dask
+    >>> from dask.array.optimization import optimize
+    >>> opt = Deduplicator(base=optimize, min_bytes="1 MiB")
+    >>> opt
+    Deduplicator(base=optimize, min_bytes=1048576, min_count=2)
+    >>> with dask.config.set(array_optimize=opt):
+    ...     pass
+
+    Without explicit settings it reads ``dask.config["dedupgraph"]`` when it runs,
+    and when pickled (as distributed does, to run it on the scheduler) it carries
+    the settings in force in the pickling process with it.
+    """
+
+    def __init__(self, base: Optimizer | None = None, **settings: Any) -> None:
+        if base is not None and not callable(base):
+            raise ValueError(f"Deduplicator argument 'base' must be callable or None, got {base!r}")
+        self.base = base
+        self.settings: Settings | None = Settings.from_config(**settings) if settings else None
+
+    @classmethod
+    def _with_settings(cls, base: Optimizer | None, settings: Settings) -> Deduplicator:
+        new = cls(base)
+        new.settings = settings
+        return new
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Deduplicator._with_settings, (self.base, self.effective_settings()))
+
+    def effective_settings(self) -> Settings:
+        """The settings a call would use now."""
+        return self.settings if self.settings is not None else Settings.from_config()
+
+    def __call__(self, dsk: Mapping[Hashable, Any], keys: Any, **kwargs: Any) -> Mapping[Hashable, Any]:
+        settings = self.effective_settings()
+        if self.base is not None:
+            dsk = self.base(dsk, keys, **kwargs)
+        try:
+            return deduplicate_graph(dsk, settings)
+        except Exception:
+            # the promise: never fail a computation that would succeed without us
+            logger.warning("dedupgraph pass failed; graph left unchanged", exc_info=True)
+            return dsk
+
+    def __repr__(self) -> str:
+        base = getattr(self.base, "__name__", repr(self.base)).lstrip("_")
+        if self.settings is None:
+            return f"Deduplicator(base={base})"
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self.settings).items())
+        return f"Deduplicator(base={base}, {fields})"
+
+
+def _array_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    from dask.array.optimization import optimize
+
+    return optimize(dsk, keys, **kwargs)
+
+
+def _delayed_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    from dask.delayed import optimize
+
+    return optimize(dsk, keys, **kwargs)
+
+
+def _bag_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    from dask.bag.core import optimize
+
+    return optimize(dsk, keys, **kwargs)
+
+
+# module-level functions as bases, so these pickle by reference and import lazily
+dedup = Deduplicator(base=_array_optimize)
+dedup_delayed = Deduplicator(base=_delayed_optimize)
+dedup_bag = Deduplicator(base=_bag_optimize)

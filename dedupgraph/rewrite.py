@@ -1,0 +1,70 @@
+"""Stage 3: rewrite the tasks that carry hoisted contents to reference one key each.
+
+>>> from dask._task_spec import Task
+>>> from dedupgraph.candidates import find_candidates
+>>> from dedupgraph.fingerprint import FingerprintMemo
+>>> from dedupgraph.plan import plan_hoists
+>>> from dedupgraph.settings import Settings
+>>> big = list(range(50_000))
+>>> graph = {"a": Task("a", len, big), "b": Task("b", len, big)}
+>>> found = find_candidates(graph, FingerprintMemo(min_bytes=1024))
+>>> new = rewrite_graph(graph, plan_hoists(found, Settings(min_bytes=1024)), found)
+>>> sorted(new["a"].dependencies) == sorted(k for k in new if k.startswith("dedup-list-"))
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from dask._task_spec import DataNode, GraphNode, Task, TaskRef
+
+from dedupgraph.candidates import Candidates
+from dedupgraph.fingerprint import FingerprintMemo
+from dedupgraph.plan import Plan
+from dedupgraph.transform import TaskTransformer
+
+
+class _Hoister(TaskTransformer):
+    """Replaces every hoisted leaf with a reference to its key."""
+
+    def __init__(self, plan: Plan, memo: FingerprintMemo) -> None:
+        self.refs = {digest: TaskRef(h.key) for digest, h in plan.hoists.items()}
+        self.memo = memo
+        self.used: set[str] = set()
+        # nested tasks may be shared between fused tasks: rewrite each once
+        self._done: dict[int, tuple[Task, GraphNode]] = {}
+
+    def visit_leaf(self, value: Any) -> Any:
+        fp = self.memo.fingerprint(value)  # a memo hit: stage 1 saw every leaf
+        if fp is None:
+            return value
+        ref = self.refs.get(fp.digest)
+        if ref is None:
+            return value
+        self.used.add(fp.digest)
+        return ref
+
+    def visit_task(self, task: Task) -> GraphNode:
+        done = self._done.get(id(task))
+        if done is not None:
+            return done[1]
+        new = super().visit_task(task)
+        self._done[id(task)] = (task, new)
+        return new
+
+
+def rewrite_graph(
+    graph: Mapping[Hashable, GraphNode], plan: Plan, candidates: Candidates
+) -> dict[Hashable, GraphNode]:
+    """A new graph dict: hoisted keys added, carrying tasks rewritten, all others the same objects."""
+    hoister = _Hoister(plan, candidates.memo)
+    carriers = {key for hoist in plan.hoists.values() for key in hoist.tasks}
+    out = dict(graph)
+    for key in carriers:
+        out[key] = hoister.visit_node(graph[key])
+    for digest in hoister.used:
+        hoist = plan.hoists[digest]
+        out[hoist.key] = DataNode(hoist.key, hoist.value)
+    return out

@@ -1,0 +1,122 @@
+"""Settings of the pass: one frozen dataclass, read from ``dask.config``.
+
+>>> Settings.from_config(min_bytes="1 MiB")
+Settings(min_bytes=1048576, min_count=2)
+
+Defaults live in ``dedupgraph.yaml`` and are registered with dask's config on
+import, so ``DASK_DEDUPGRAPH__MIN_BYTES=1MiB`` in the environment and
+``dask.config.set({"dedupgraph.min-bytes": "1 MiB"})`` both work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import dask.config
+import yaml
+from dask.utils import parse_bytes
+
+CONFIG_KEY = "dedupgraph"
+_DEFAULTS_FILE = pathlib.Path(__file__).with_name("dedupgraph.yaml")
+
+
+def register_defaults() -> None:
+    """Register the shipped YAML defaults with ``dask.config`` (idempotent)."""
+    with _DEFAULTS_FILE.open() as f:
+        defaults = yaml.safe_load(f)
+    dask.config.update_defaults(defaults)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the pass hoists.
+
+    >>> Settings(min_bytes=1024, min_count=3)
+    Settings(min_bytes=1024, min_count=3)
+
+    ``min_bytes``: pickled size from which a repeated object is hoisted.
+    ``min_count``: how many tasks must carry the same content.
+    """
+
+    min_bytes: int = 64 * 1024
+    min_count: int = 2
+
+    def __post_init__(self) -> None:
+        _check_int("min-bytes", self.min_bytes, minimum=0)
+        _check_int("min-count", self.min_count, minimum=1)
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> Settings:
+        """Settings from ``dask.config["dedupgraph"]``, with ``overrides`` on top.
+
+        >>> Settings.from_config(min_count=5).min_count
+        5
+
+        Overrides use Python names (``min_bytes``) or config names (``min-bytes``).
+        Unknown names and bad values raise ``ValueError`` naming the setting.
+        """
+        configured = dask.config.get(CONFIG_KEY, default={}) or {}
+        if not isinstance(configured, Mapping):
+            raise ValueError(
+                f"dask config {CONFIG_KEY!r} must be a mapping of settings, "
+                f"got {configured!r}"
+            )
+        values = {**_normalized(configured, "dask config"), **_normalized(overrides, "argument")}
+        return cls(**values)
+
+    def as_config(self) -> dict[str, Any]:
+        """These settings as a ``dask.config.set`` mapping.
+
+        >>> Settings(min_bytes=10).as_config()
+        {'dedupgraph.min-bytes': 10, 'dedupgraph.min-count': 2}
+        """
+        return {
+            f"{CONFIG_KEY}.{field.name.replace('_', '-')}": getattr(self, field.name)
+            for field in dataclasses.fields(self)
+        }
+
+
+_FIELDS = {field.name for field in dataclasses.fields(Settings)}
+
+
+def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """Map config-style names to field names and parse byte strings."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        field = str(name).replace("-", "_")
+        if field not in _FIELDS:
+            known = ", ".join(sorted(f"{CONFIG_KEY}.{f.replace('_', '-')}" for f in _FIELDS))
+            raise ValueError(
+                f"unknown dedupgraph setting {name!r} (from {origin}); known settings: {known}"
+            )
+        if field == "min_bytes" and isinstance(value, str):
+            value = _parse_byte_string(value)
+        if isinstance(value, float) and value.is_integer():
+            # "1e6" in an environment variable arrives as a float
+            value = int(value)
+        out[field] = value
+    return out
+
+
+def _parse_byte_string(text: str) -> int:
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"dedupgraph setting 'min-bytes' must be a number of bytes or a byte "
+            f"string like '64 KiB', got {text!r}"
+        ) from e
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    # bool is an int subclass, but min-count=True is surely a mistake
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"dedupgraph setting {name!r} must be an integer, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ValueError(f"dedupgraph setting {name!r} must be >= {minimum}, got {value}")
