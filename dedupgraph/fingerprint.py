@@ -27,8 +27,9 @@ import xxhash
 logger = logging.getLogger("dedupgraph")
 
 _SCALARS: frozenset[type] = frozenset(
-    {type(None), bool, int, float, complex, slice, range, type(Ellipsis), np.dtype}
+    {type(None), bool, int, float, complex, slice, range, type(Ellipsis)}
 )
+_SMALL_KINDS = (np.generic, np.dtype)  # numpy scalars, and dtypes (each dtype is its own class)
 _TEXT = (str, bytes, bytearray)
 _SMALL_TUPLE_LEN = 8
 
@@ -108,7 +109,7 @@ def is_obviously_small(value: Any, min_bytes: int) -> bool:
     (True, False)
     """
     typ = type(value)
-    if typ in _SCALARS or isinstance(value, np.generic):
+    if typ in _SCALARS or isinstance(value, _SMALL_KINDS):
         return True
     if isinstance(value, _TEXT):
         # at most 4 bytes a character in UTF-8

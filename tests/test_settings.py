@@ -1,0 +1,71 @@
+"""Settings: YAML defaults in dask.config, env overrides, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dask
+import pytest
+
+import dedupgraph
+from dedupgraph.settings import Settings
+
+
+def test_defaults_come_from_the_shipped_yaml():
+    assert dask.config.get("dedupgraph.min-bytes") == "64 KiB"
+    assert dask.config.get("dedupgraph.min-count") == 2
+    assert Settings.from_config() == Settings(min_bytes=65536, min_count=2)
+
+
+def test_config_and_overrides():
+    with dask.config.set({"dedupgraph.min-bytes": "1 MiB", "dedupgraph.min-count": 4}):
+        assert Settings.from_config() == Settings(1024 * 1024, 4)
+        assert Settings.from_config(min_count=7, **{"min-bytes": 10}) == Settings(10, 7)
+
+
+def test_environment_variables_override_defaults():
+    env = {**os.environ, "DASK_DEDUPGRAPH__MIN_BYTES": "1 MiB", "DASK_DEDUPGRAPH__MIN_COUNT": "3"}
+    code = "import dedupgraph; print(dedupgraph.Settings.from_config())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Settings(min_bytes=1048576, min_count=3)"
+
+
+@pytest.mark.parametrize(
+    "settings, name",
+    [
+        ({"min_bytes": -1}, "min-bytes"),
+        ({"min_bytes": "lots"}, "min-bytes"),
+        ({"min_bytes": [1]}, "min-bytes"),
+        ({"min_count": 0}, "min-count"),
+        ({"min_count": "2"}, "min-count"),
+        ({"min_count": True}, "min-count"),
+        ({"min_count": 2.5}, "min-count"),
+        ({"min_bites": 5}, "min_bites"),
+    ],
+)
+def test_invalid_settings_name_the_setting(settings, name):
+    for make in (Settings.from_config, dedupgraph.enable, dedupgraph.Deduplicator):
+        with pytest.raises(ValueError, match=name):
+            make(**settings)
+
+
+def test_invalid_config_is_reported_when_the_pass_runs():
+    with dask.config.set({"dedupgraph.min-count": -3}):
+        with pytest.raises(ValueError, match="min-count"):
+            dedupgraph.dedup({"a": (sum, [1])}, ["a"])
+    with dask.config.set({"dedupgraph.max-bytes": 3}):
+        with pytest.raises(ValueError, match="max-bytes"):
+            Settings.from_config()
+
+
+def test_integral_floats_are_accepted():
+    # DASK_DEDUPGRAPH__MIN_BYTES=1e6 arrives as a float
+    assert Settings.from_config(min_bytes=1e6).min_bytes == 1_000_000
+
+
+def test_as_config_round_trips():
+    s = Settings(min_bytes=123, min_count=4)
+    with dask.config.set(s.as_config()):
+        assert Settings.from_config() == s
