@@ -44,7 +44,9 @@ def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings) -> Mappin
     plan = plan_hoists(candidates, settings)
     if not plan:
         return dsk
-    _log_plan(plan)
+    _log_plan(plan, dry_run=settings.dry_run)
+    if settings.dry_run:
+        return dsk
     return rewrite_graph(graph, plan, candidates)
 
 
@@ -56,17 +58,19 @@ def task_graph(dsk: Mapping[Hashable, Any]) -> dict[Hashable, GraphNode]:
     return convert_legacy_graph(graph)
 
 
-def _log_plan(plan: Plan) -> None:
+def _log_plan(plan: Plan, dry_run: bool) -> None:
     hoists = list(plan.hoists.values())
     labels = ", ".join(sorted({h.fingerprint.label for h in hoists}))
     logger.info(
-        "hoisted %d object%s (%s, %s) shared by %d tasks; %s of task payload saved",
+        "%s %d object%s (%s, %s) shared by %d tasks; %s of task payload %s",
+        "dry run: would hoist" if dry_run else "hoisted",
         len(hoists),
         "" if len(hoists) == 1 else "s",
         format_bytes(sum(h.fingerprint.nbytes for h in hoists)),
         labels,
         len({t for h in hoists for t in h.tasks}),
         format_bytes(sum(h.saved_bytes for h in hoists)),
+        "would be saved" if dry_run else "saved",
     )
 
 
@@ -77,7 +81,7 @@ class Deduplicator:
     >>> from dask.array.optimization import optimize
     >>> opt = Deduplicator(base=optimize, min_bytes="1 MiB")
     >>> opt
-    Deduplicator(base=optimize, min_bytes=1048576, min_count=2)
+    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False)
     >>> with dask.config.set(array_optimize=opt):
     ...     pass
 

@@ -29,14 +29,14 @@ from dedupgraph.transform import TaskTransformer
 class _Hoister(TaskTransformer):
     """Replaces every hoisted leaf with a reference to its key."""
 
-    def __init__(self, plan: Plan, memo: FingerprintMemo) -> None:
-        self.refs = {digest: TaskRef(h.key) for digest, h in plan.hoists.items()}
+    def __init__(self, refs: Mapping[str, TaskRef], memo: FingerprintMemo) -> None:
+        self.refs = refs
         self.memo = memo
         self.used: set[str] = set()
         # nested tasks may be shared between fused tasks: rewrite each once
-        self._done: dict[int, tuple[Task, GraphNode]] = {}
+        self._done: dict[tuple[int, str | None], tuple[Task, GraphNode]] = {}
 
-    def visit_leaf(self, value: Any) -> Any:
+    def visit_leaf(self, value: Any, where: str) -> Any:
         fp = self.memo.fingerprint(value)  # a memo hit: stage 1 saw every leaf
         if fp is None:
             return value
@@ -46,25 +46,36 @@ class _Hoister(TaskTransformer):
         self.used.add(fp.digest)
         return ref
 
-    def visit_task(self, task: Task) -> GraphNode:
-        done = self._done.get(id(task))
+    def visit_task(self, task: Task, where: str | None = None) -> GraphNode:
+        done = self._done.get((id(task), where))
         if done is not None:
             return done[1]
-        new = super().visit_task(task)
-        self._done[id(task)] = (task, new)
+        new = super().visit_task(task, where)
+        self._done[(id(task), where)] = (task, new)
         return new
 
 
 def rewrite_graph(
-    graph: Mapping[Hashable, GraphNode], plan: Plan, candidates: Candidates
+    graph: Mapping[Hashable, GraphNode],
+    plan: Plan,
+    candidates: Candidates,
+    references: Mapping[str, TaskRef] | None = None,
 ) -> dict[Hashable, GraphNode]:
-    """A new graph dict: hoisted keys added, carrying tasks rewritten, all others the same objects."""
-    hoister = _Hoister(plan, candidates.memo)
+    """A new graph dict: carrying tasks rewritten, all other tasks the same objects.
+
+    By default each hoisted content becomes a ``DataNode`` under its key.  With
+    ``references`` (digest -> ``TaskRef``, e.g. a distributed ``Future`` of
+    already scattered data) tasks reference those instead and no node is added.
+    """
+    own_keys = references is None
+    refs = references if references is not None else {d: TaskRef(h.key) for d, h in plan.hoists.items()}
+    hoister = _Hoister(refs, candidates.memo)
     carriers = {key for hoist in plan.hoists.values() for key in hoist.tasks}
     out = dict(graph)
     for key in carriers:
         out[key] = hoister.visit_node(graph[key])
-    for digest in hoister.used:
-        hoist = plan.hoists[digest]
-        out[hoist.key] = DataNode(hoist.key, hoist.value)
+    if own_keys:
+        for digest in hoister.used:
+            hoist = plan.hoists[digest]
+            out[hoist.key] = DataNode(hoist.key, hoist.value)
     return out

@@ -2,7 +2,7 @@
 
 >>> from dask._task_spec import Task, TaskRef
 >>> class Doubler(TaskTransformer):
-...     def visit_leaf(self, value):
+...     def visit_leaf(self, value, where):
 ...         return value * 2 if isinstance(value, int) else value
 >>> Doubler().visit_node(Task("k", max, 1, [2, 3])).args
 (2, List((4, 6)))
@@ -45,10 +45,22 @@ SMALL_CONTAINER_LEN = 16
 _PLAIN_CONTAINERS = (list, tuple, dict, set)
 
 
+# Where a leaf sits, as reported to ``visit_leaf``.  Inside a container or a
+# fused subgraph the enclosing place wins: users know "my object is in a fused
+# task", not which inner argument slot dask chose for it.
+FUNCTION = "function"
+ARGUMENT = "argument"
+KEYWORD = "keyword"
+CONTAINER = "container"
+SUBGRAPH = "fused subgraph"
+
+
 class TaskTransformer:
     """Visit every value in a task; rebuild only the nodes whose leaves change.
 
     Override :meth:`visit_leaf`.  Each instance serves one pass over one graph.
+    The ``where`` arguments carry an enclosing position (``CONTAINER``,
+    ``SUBGRAPH``) down to the leaves; ``None`` means "at the task's own level".
     """
 
     def visit_node(self, node: GraphNode) -> GraphNode:
@@ -57,32 +69,32 @@ class TaskTransformer:
             return self.visit_task(node)
         return node
 
-    def visit_leaf(self, value: Any) -> Any:
+    def visit_leaf(self, value: Any, where: str) -> Any:
         """A Python value carried by a task; return a replacement (e.g. a ``TaskRef``) or ``value``."""
         return value
 
-    def visit_value(self, value: Any) -> Any:
+    def visit_value(self, value: Any, where: str) -> Any:
         """Any value found inside a task."""
         if isinstance(value, TaskRef):
             return value
         if isinstance(value, GraphNode):
             if isinstance(value, Task):
-                return self.visit_task(value)
+                return self.visit_task(value, where)
             if isinstance(value, DataNode):
-                return self.visit_data_node(value)
+                return self.visit_data_node(value, where)
             return value  # Alias and node types we do not know stay as they are
         if type(value) in _PLAIN_CONTAINERS and len(value) <= SMALL_CONTAINER_LEN:
-            return self.visit_plain_container(value)
-        return self.visit_leaf(value)
+            return self.visit_plain_container(value, where)
+        return self.visit_leaf(value, where)
 
-    def visit_task(self, task: Task) -> GraphNode:
+    def visit_task(self, task: Task, where: str | None = None) -> GraphNode:
         if isinstance(task, NestedContainer):
-            return self.visit_container_task(task)
+            return self.visit_container_task(task, where)
         if task.func is _execute_subgraph:
-            return self.visit_subgraph_task(task)
-        func = self.visit_function(task.func)
-        args = self._visit_tuple(task.args)
-        kwargs = self._visit_dict(task.kwargs)
+            return self.visit_subgraph_task(task, where)
+        func = self.visit_function(task.func, where or FUNCTION)
+        args = self._visit_tuple(task.args, where or ARGUMENT)
+        kwargs = self._visit_dict(task.kwargs, where or KEYWORD)
         if func is task.func and args is task.args and kwargs is task.kwargs:
             return task
         if func is not task.func:
@@ -90,47 +102,50 @@ class TaskTransformer:
             func = call
         return _rebuilt(task, func, args, kwargs)
 
-    def visit_function(self, func: Callable[..., Any]) -> Any:
+    def visit_function(self, func: Callable[..., Any], where: str) -> Any:
         # A coroutine function called through ``call`` would not be awaited.
-        new = self.visit_leaf(func)
+        new = self.visit_leaf(func, where)
         if new is not func and inspect.iscoroutinefunction(func):
             return func
         return new
 
-    def visit_data_node(self, node: DataNode) -> Any:
+    def visit_data_node(self, node: DataNode, where: str) -> Any:
         """An inline ``DataNode`` (as fused tasks carry their literal inputs)."""
-        new = self.visit_leaf(node.value)
+        new = self.visit_leaf(node.value, where)
         if new is node.value:
             return node
         if isinstance(new, (TaskRef, GraphNode)):
             return new
         return DataNode(node.key, new)
 
-    def visit_container_task(self, task: NestedContainer) -> GraphNode:
-        args = self._visit_tuple(task.args)
+    def visit_container_task(self, task: NestedContainer, where: str | None) -> GraphNode:
+        args = self._visit_tuple(task.args, where or CONTAINER)
         if args is task.args:
             return task
         return _container_task(type(task), args)
 
-    def visit_plain_container(self, value: list | tuple | dict | set) -> Any:
+    def visit_plain_container(self, value: list | tuple | dict | set, where: str) -> Any:
+        inner_where = CONTAINER if where in (ARGUMENT, KEYWORD) else where
         if isinstance(value, dict):
-            new_values = self._visit_tuple(tuple(value.values()))
-            if all(n is o for n, o in zip(new_values, value.values())):
+            old_values = tuple(value.values())
+            new_values = self._visit_tuple(old_values, inner_where)
+            if new_values is old_values:
                 return value
             flat = [x for pair in zip(value.keys(), new_values) for x in pair]
             return Dict(*flat)
         items = tuple(value)
-        new_items = self._visit_tuple(items)
+        new_items = self._visit_tuple(items, inner_where)
         if new_items is items:
             return value
         return _container_task(_CONTAINER_TASKS[type(value)], new_items)
 
-    def visit_subgraph_task(self, task: Task) -> GraphNode:
+    def visit_subgraph_task(self, task: Task, where: str | None) -> GraphNode:
         """A fused task: ``_execute_subgraph(inner_dsk, outkey, inkeys, *deps)``."""
         inner, outkey, inkeys = task.args[:3]
         deps = task.args[3:]
-        new_inner = {key: self._visit_inner(key, node) for key, node in inner.items()}
-        new_deps = self._visit_tuple(deps)
+        where = where or SUBGRAPH
+        new_inner = {key: self._visit_inner(key, node, where) for key, node in inner.items()}
+        new_deps = self._visit_tuple(deps, where)
         inner_changed = any(new_inner[k] is not inner[k] for k in inner)
         if not inner_changed and new_deps is deps:
             return task
@@ -155,28 +170,28 @@ class TaskTransformer:
         )
         return _rebuilt(task, task.func, args, task.kwargs)
 
-    def _visit_inner(self, key: Any, node: Any) -> Any:
-        if not isinstance(node, GraphNode):
-            return node
+    def _visit_inner(self, key: Any, node: Any, where: str) -> Any:
         if isinstance(node, DataNode):
-            new = self.visit_data_node(node)
+            new = self.visit_data_node(node, where)
             if isinstance(new, TaskRef):
                 # the inner key must still exist: point it at the hoisted key
                 return Alias(key, new.key)
             return new
-        return self.visit_node(node)
+        if isinstance(node, Task):
+            return self.visit_task(node, where)
+        return node
 
-    def _visit_tuple(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _visit_tuple(self, values: tuple[Any, ...], where: str) -> tuple[Any, ...]:
         """The values visited; the same tuple object if none changed."""
-        new = tuple(self.visit_value(v) for v in values)
+        new = tuple([self.visit_value(v, where) for v in values])
         if all(n is o for n, o in zip(new, values)):
             return values
         return new
 
-    def _visit_dict(self, values: dict[str, Any]) -> dict[str, Any]:
+    def _visit_dict(self, values: dict[str, Any], where: str) -> dict[str, Any]:
         if not values:
             return values
-        new = {k: self.visit_value(v) for k, v in values.items()}
+        new = {k: self.visit_value(v, where) for k, v in values.items()}
         if all(new[k] is v for k, v in values.items()):
             return values
         return new

@@ -40,7 +40,7 @@ class ReplaceBig(TaskTransformer):
     def __init__(self) -> None:
         self.seen: list[Any] = []
 
-    def visit_leaf(self, value: Any) -> Any:
+    def visit_leaf(self, value: Any, where: str) -> Any:
         self.seen.append(value)
         return REF if value is BIG else value
 
@@ -75,7 +75,7 @@ def test_coroutine_function_is_never_hoisted():
         return x
 
     class ReplaceCoro(TaskTransformer):
-        def visit_leaf(self, value: Any) -> Any:
+        def visit_leaf(self, value: Any, where: str) -> Any:
             return REF if value is coro else value
 
     task = Task("k", coro, 1)
