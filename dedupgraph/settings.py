@@ -84,12 +84,17 @@ class Settings:
 
 
 _FIELDS = {field.name for field in dataclasses.fields(Settings)}
+# Config keys under ``dedupgraph.`` that are not settings of the pass itself:
+# read by the activation hook and the disabled-pass hint, validated there.
+NON_PASS_KEYS = frozenset({"enabled", "hint-bytes"})
 
 
 def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
     """Map config-style names to field names and parse byte strings."""
     out: dict[str, Any] = {}
     for name, value in values.items():
+        if origin == "dask config" and str(name).replace("_", "-") in NON_PASS_KEYS:
+            continue
         field = str(name).replace("-", "_")
         if field not in _FIELDS:
             known = ", ".join(sorted(f"{CONFIG_KEY}.{f.replace('_', '-')}" for f in _FIELDS))
