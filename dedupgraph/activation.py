@@ -42,14 +42,18 @@ def enable(**settings: Any) -> dask.config.set:
 
 
 def disable() -> dask.config.set:
-    """Restore dask's own optimizers where dedupgraph's are set; returns a ``dask.config.set``.
+    """Put back the optimizer each dedupgraph pass wraps; returns a ``dask.config.set``.
 
     >>> with enable(), disable():
-    ...     dask.config.get("array_optimize")
+    ...     dask.config.get("array_optimize").__name__
+    '_array_optimize'
+
+    The key is set to the wrapped base rather than to ``None``: for arrays and
+    bags a falsy value means "do not optimize at all".
     """
-    ours = {
-        key: None
-        for key in OPTIMIZER_KEYS
-        if isinstance(dask.config.get(key, default=None), Deduplicator)
-    }
-    return dask.config.set(ours)
+    restored = {}
+    for key in OPTIMIZER_KEYS:
+        current = dask.config.get(key, default=None)
+        if isinstance(current, Deduplicator):
+            restored[key] = current.base
+    return dask.config.set(restored)
