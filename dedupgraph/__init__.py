@@ -14,6 +14,7 @@ from dedupgraph.settings import register_defaults
 register_defaults()
 
 from dedupgraph.activation import disable, enable  # noqa: E402
+from dedupgraph.inline import keep_inline  # noqa: E402
 from dedupgraph.optimizer import Deduplicator, dedup, dedup_bag, dedup_delayed  # noqa: E402
 from dedupgraph.settings import Settings  # noqa: E402
 
@@ -27,4 +28,5 @@ __all__ = [
     "dedup_delayed",
     "disable",
     "enable",
+    "keep_inline",
 ]

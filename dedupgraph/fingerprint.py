@@ -17,6 +17,7 @@ import logging
 import pickle
 import re
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,38 +44,90 @@ class Fingerprint:
     label: str
 
 
+# Why a value stays inline without a fingerprint (see FingerprintMemo.why_inline).
+SMALL = "small"
+EXCLUDED = "excluded"
+UNPICKLABLE = "unpicklable"
+
+KEEP_INLINE_ATTR = "__dedupgraph_keep_inline__"
+
+
+def is_kept_inline(obj: Any) -> bool:
+    """Whether ``obj`` carries the ``dedupgraph.keep_inline`` mark."""
+    try:
+        return getattr(obj, KEEP_INLINE_ATTR, False) is True
+    except Exception:  # objects with exotic __getattr__
+        return False
+
+
 class FingerprintMemo:
     """Fingerprints values once each, by identity, for the length of one pass.
 
     >>> memo = FingerprintMemo(min_bytes=1024)
-    >>> memo.fingerprint(3) is None  # obviously small: never pickled
-    True
+    >>> memo.fingerprint(3) is None, memo.why_inline(3)  # obviously small: never pickled
+    (True, 'small')
 
-    Not shared between passes: each pass builds its own, so concurrent passes
-    in the scheduler's threads never touch each other's state.
+    Two distinct objects with the same digest are compared byte for byte before
+    they share one: a hash collision gets a digest of its own.  Not shared
+    between passes: each pass builds its own memo, so concurrent passes in the
+    scheduler's threads never touch each other's state.
     """
 
-    def __init__(self, min_bytes: int) -> None:
+    def __init__(
+        self,
+        min_bytes: int,
+        exclude: frozenset[str] = frozenset(),
+        hasher: Callable[[bytes], Any] = xxhash.xxh3_128,
+    ) -> None:
         self.min_bytes = min_bytes
-        # id -> (value, fingerprint); holding the value keeps its id from being reused
-        self._seen: dict[int, tuple[Any, Fingerprint | None]] = {}
+        self.exclude = exclude
+        self.hasher = hasher
         self.pickled = 0
+        # id -> (value, fingerprint, reason); holding the value keeps its id from being reused
+        self._seen: dict[int, tuple[Any, Fingerprint | None, str | None]] = {}
+        # digest -> [(object first seen with it, its pickle once it had to be compared)]
+        self._owners: dict[str, list[list[Any]]] = {}
+        self._excluded_types: dict[type, bool] = {}
 
     def fingerprint(self, value: Any) -> Fingerprint | None:
-        """The value's fingerprint, or None for small or unpicklable values."""
+        """The value's fingerprint, or None for small, excluded or unpicklable values."""
         if is_obviously_small(value, self.min_bytes):
             return None
         found = self._seen.get(id(value))
         if found is not None:
             return found[1]
-        fp = self._pickled_fingerprint(value)
-        self._seen[id(value)] = (value, fp)
+        reason = EXCLUDED if self._kept_inline(value) else None
+        fp = None if reason else self._pickled_fingerprint(value)
+        if fp is None and reason is None:
+            reason = UNPICKLABLE
+        self._seen[id(value)] = (value, fp, reason)
         return fp
+
+    def why_inline(self, value: Any) -> str | None:
+        """``SMALL``, ``EXCLUDED`` or ``UNPICKLABLE`` for a value without a fingerprint, else None."""
+        if is_obviously_small(value, self.min_bytes):
+            return SMALL
+        found = self._seen.get(id(value))
+        return found[2] if found is not None else None
+
+    def _kept_inline(self, value: Any) -> bool:
+        typ = type(value)
+        excluded = self._excluded_types.get(typ)
+        if excluded is None:
+            names = {f"{t.__module__}.{t.__qualname__}" for t in typ.__mro__}
+            excluded = self._excluded_types[typ] = bool(names & self.exclude)
+        if excluded:
+            logger.debug("left %s inline: its type is in dedupgraph.exclude", typ.__name__)
+            return True
+        marked = is_kept_inline(value)
+        if marked:
+            logger.debug("left %s inline: marked with dedupgraph.keep_inline", typ.__name__)
+        return marked
 
     def _pickled_fingerprint(self, value: Any) -> Fingerprint | None:
         self.pickled += 1
         try:
-            return content_fingerprint(value)
+            parts = pickled_parts(value)
         except Exception as e:  # any failure to pickle just leaves the value inline
             logger.debug(
                 "left %s inline: pickling failed (%s: %s)",
@@ -83,6 +136,46 @@ class FingerprintMemo:
                 e,
             )
             return None
+        hasher = self.hasher(parts[0])
+        for part in parts[1:]:
+            hasher.update(part)
+        digest = self._verified_digest(hasher.hexdigest(), value, parts)
+        return Fingerprint(digest, sum(memoryview(p).nbytes for p in parts), label_of(value))
+
+    def _verified_digest(self, digest: str, value: Any, parts: list[Any]) -> str:
+        """``digest``, or a variant of it if another content already hashed the same."""
+        owners = self._owners.setdefault(digest, [])
+        for index, owner in enumerate(owners):
+            if owner[1] is None:
+                try:
+                    owner[1] = pickled_parts(owner[0])
+                except Exception:  # it pickled before; if not now, it cannot be trusted
+                    owner[1] = []
+            if same_bytes(owner[1], parts):
+                return digest if index == 0 else f"{digest}c{index}"
+        owners.append([value, None])
+        index = len(owners) - 1
+        if index:
+            logger.debug("hash collision on %s: kept %s apart", digest, type(value).__name__)
+        return digest if index == 0 else f"{digest}c{index}"
+
+
+def pickled_parts(value: Any) -> list[Any]:
+    """The cloudpickle of ``value`` as [header, *out-of-band buffers], buffers not copied."""
+    buffers: list[pickle.PickleBuffer] = []
+    header = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return [header, *(b.raw() for b in buffers)]
+
+
+def same_bytes(a: list[Any], b: list[Any]) -> bool:
+    """Whether two lists of byte buffers hold the same bytes end to end."""
+    views_a = [memoryview(p).cast("B") for p in a]
+    views_b = [memoryview(p).cast("B") for p in b]
+    if sum(v.nbytes for v in views_a) != sum(v.nbytes for v in views_b):
+        return False
+    if len(views_a) == len(views_b):
+        return all(x == y for x, y in zip(views_a, views_b))
+    return b"".join(views_a) == b"".join(views_b)
 
 
 def content_fingerprint(value: Any) -> Fingerprint:
@@ -91,15 +184,10 @@ def content_fingerprint(value: Any) -> Fingerprint:
     >>> content_fingerprint([1, 2]) == content_fingerprint([1, 2])
     True
     """
-    buffers: list[pickle.PickleBuffer] = []
-    header = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    hasher = xxhash.xxh3_128(header)
-    nbytes = len(header)
-    for buffer in buffers:
-        raw = buffer.raw()
-        hasher.update(raw)
-        nbytes += raw.nbytes
-    return Fingerprint(hasher.hexdigest(), nbytes, label_of(value))
+    fp = FingerprintMemo(min_bytes=0)._pickled_fingerprint(value)
+    if fp is None:
+        raise ValueError(f"cannot pickle {type(value).__name__}")
+    return fp
 
 
 def is_obviously_small(value: Any, min_bytes: int) -> bool:

@@ -40,7 +40,7 @@ def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings) -> Mappin
     ['a', 'b', 'dedup-list']
     """
     graph = task_graph(dsk)
-    candidates = find_candidates(graph, FingerprintMemo(settings.min_bytes))
+    candidates = find_candidates(graph, FingerprintMemo(settings.min_bytes, frozenset(settings.exclude)))
     plan = plan_hoists(candidates, settings)
     if not plan:
         return dsk
@@ -81,7 +81,7 @@ class Deduplicator:
     >>> from dask.array.optimization import optimize
     >>> opt = Deduplicator(base=optimize, min_bytes="1 MiB")
     >>> opt
-    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False)
+    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=())
     >>> with dask.config.set(array_optimize=opt):
     ...     pass
 

@@ -1,7 +1,7 @@
 """Settings of the pass: one frozen dataclass, read from ``dask.config``.
 
 >>> Settings.from_config(min_bytes="1 MiB")
-Settings(min_bytes=1048576, min_count=2, dry_run=False)
+Settings(min_bytes=1048576, min_count=2, dry_run=False, exclude=())
 
 Defaults live in ``dedupgraph.yaml`` and are registered with dask's config on
 import, so ``DASK_DEDUPGRAPH__MIN_BYTES=1MiB`` in the environment and
@@ -35,22 +35,31 @@ class Settings:
     """What the pass hoists.
 
     >>> Settings(min_bytes=1024, min_count=3)
-    Settings(min_bytes=1024, min_count=3, dry_run=False)
+    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=())
 
     ``min_bytes``: pickled size from which a repeated object is hoisted.
     ``min_count``: how many tasks must carry the same content.
     ``dry_run``: plan and log what would be hoisted, but leave the graph unchanged.
+    ``exclude``: fully qualified type names (``"mypackage.Model"``) never hoisted.
     """
 
     min_bytes: int = 64 * 1024
     min_count: int = 2
     dry_run: bool = False
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_int("min-bytes", self.min_bytes, minimum=0)
         _check_int("min-count", self.min_count, minimum=1)
         if not isinstance(self.dry_run, bool):
             raise ValueError(f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
+        if not isinstance(self.exclude, tuple) or not all(
+            isinstance(name, str) and name.strip() for name in self.exclude
+        ):
+            raise ValueError(
+                "dedupgraph setting 'exclude' must be a list of fully qualified type "
+                f"names such as 'mypackage.Model', got {self.exclude!r}"
+            )
 
     @classmethod
     def from_config(cls, **overrides: Any) -> Settings:
@@ -75,7 +84,7 @@ class Settings:
         """These settings as a ``dask.config.set`` mapping.
 
         >>> Settings(min_bytes=10).as_config()
-        {'dedupgraph.min-bytes': 10, 'dedupgraph.min-count': 2, 'dedupgraph.dry-run': False}
+        {'dedupgraph.min-bytes': 10, 'dedupgraph.min-count': 2, 'dedupgraph.dry-run': False, 'dedupgraph.exclude': ()}
         """
         return {
             f"{CONFIG_KEY}.{field.name.replace('_', '-')}": getattr(self, field.name)
@@ -105,6 +114,8 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             value = _parse_byte_string(value)
         if field == "dry_run" and isinstance(value, str):
             value = _parse_bool_string(value)
+        if field == "exclude":
+            value = _type_names(value)
         if isinstance(value, float) and value.is_integer():
             # "1e6" in an environment variable arrives as a float
             value = int(value)
@@ -120,6 +131,15 @@ def _parse_byte_string(text: str) -> int:
             f"dedupgraph setting 'min-bytes' must be a number of bytes or a byte "
             f"string like '64 KiB', got {text!r}"
         ) from e
+
+
+def _type_names(value: Any) -> Any:
+    # DASK_DEDUPGRAPH__EXCLUDE=a.B,c.D arrives as one string; YAML gives a list
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return tuple(value)
+    return value
 
 
 _BOOL_STRINGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import dask
+import distributed  # noqa: F401  (registers its config defaults before any snapshot below)
 import pytest
 
 

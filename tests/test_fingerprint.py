@@ -63,3 +63,60 @@ def test_labels_are_letters_only():
     assert label_of(lambda: 1) == "function-lambda"
     assert label_of(pd.Series([1])) == "Series"
     assert label_of(np.zeros(2)) == "ndarray"
+
+
+class _Constant:
+    """A hash that collides for every input."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        pass
+
+    def update(self, data: bytes) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return "0" * 32
+
+
+def test_hash_collisions_are_never_merged():
+    memo = FingerprintMemo(min_bytes=1024, hasher=_Constant)
+    a, a_twin, b = Mapper(), Mapper(), Mapper(rows=40_000)
+    fa, fa_twin, fb = memo.fingerprint(a), memo.fingerprint(a_twin), memo.fingerprint(b)
+    assert fa.digest == fa_twin.digest == "0" * 32  # equal bytes: merged
+    assert fb.digest != fa.digest  # same hash, different bytes: kept apart
+    assert memo.fingerprint(Mapper(rows=40_000)).digest == fb.digest
+
+
+def test_collision_end_to_end(monkeypatch):
+    from dask import delayed
+
+    import dedupgraph
+    import dedupgraph.optimizer as optimizer
+    from payloads import hoisted_keys, optimized_graph, uses_mapper
+
+    monkeypatch.setattr(
+        optimizer, "FingerprintMemo", lambda *a, **k: FingerprintMemo(*a, hasher=_Constant, **k)
+    )
+    small, large = Mapper(), Mapper(rows=40_000)
+    colls = [delayed(uses_mapper)(i, m) for i in range(3) for m in (small, large)]
+    with dedupgraph.enable():
+        assert len(hoisted_keys(optimized_graph(*colls))) == 2
+        assert [c.compute() for c in colls] == [uses_mapper(i, m) for i in range(3) for m in (small, large)]
+
+
+def test_nondeterministic_pickles_are_not_merged():
+    import itertools
+
+    counter = itertools.count()
+
+    class Shifty:
+        def __init__(self) -> None:
+            self.payload = bytes(100_000)
+
+        def __reduce__(self):
+            return (bytes, (self.payload + str(next(counter)).encode(),))
+
+    memo = FingerprintMemo(min_bytes=1024)
+    one, two = Shifty(), Shifty()
+    assert memo.fingerprint(one).digest != memo.fingerprint(two).digest
+    assert memo.fingerprint(one) is memo.fingerprint(one)  # still pickled once per object

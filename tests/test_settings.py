@@ -16,7 +16,7 @@ from dedupgraph.settings import Settings
 def test_defaults_come_from_the_shipped_yaml():
     assert dask.config.get("dedupgraph.min-bytes") == "64 KiB"
     assert dask.config.get("dedupgraph.min-count") == 2
-    assert Settings.from_config() == Settings(min_bytes=65536, min_count=2, dry_run=False)
+    assert Settings.from_config() == Settings(min_bytes=65536, min_count=2, dry_run=False, exclude=())
 
 
 def test_config_and_overrides():
@@ -29,7 +29,7 @@ def test_environment_variables_override_defaults():
     env = {**os.environ, "DASK_DEDUPGRAPH__MIN_BYTES": "1 MiB", "DASK_DEDUPGRAPH__MIN_COUNT": "3", "DASK_DEDUPGRAPH__DRY_RUN": "true"}
     code = "import dedupgraph; print(dedupgraph.Settings.from_config())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "Settings(min_bytes=1048576, min_count=3, dry_run=True)"
+    assert out.stdout.strip() == "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=())"
 
 
 @pytest.mark.parametrize(
