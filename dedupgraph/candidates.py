@@ -17,7 +17,7 @@ from typing import Any
 from dask._task_spec import GraphNode
 
 from dedupgraph.fingerprint import Fingerprint, FingerprintMemo
-from dedupgraph.transform import TaskTransformer
+from dedupgraph.transform import walk_leaves
 
 Key = Hashable
 
@@ -37,25 +37,6 @@ class Candidates:
     positions: dict[str, set[str]] = field(default_factory=dict)
 
 
-class _CandidateFinder(TaskTransformer):
-    """Records the fingerprint of every large leaf; changes nothing."""
-
-    def __init__(self, memo: FingerprintMemo, record_from_bytes: int) -> None:
-        self.memo = memo
-        self.record_from_bytes = record_from_bytes
-        self.found: dict[str, tuple[Fingerprint, Any, set[str]]] = {}
-
-    def visit_leaf(self, value: Any, where: str) -> Any:
-        fp = self.memo.fingerprint(value)
-        if fp is not None and fp.nbytes >= self.record_from_bytes:
-            found = self.found.get(fp.digest)
-            if found is None:
-                self.found[fp.digest] = (fp, value, {where})
-            else:
-                found[2].add(where)
-        return value
-
-
 def find_candidates(
     graph: Mapping[Key, GraphNode], memo: FingerprintMemo, record_from_bytes: int | None = None
 ) -> Candidates:
@@ -65,12 +46,27 @@ def find_candidates(
     """
     result = Candidates(memo)
     floor = memo.min_bytes if record_from_bytes is None else record_from_bytes
-    finder = _CandidateFinder(memo, floor)
+    # per task: digest -> (fingerprint, value, positions); each task counts once
+    found: dict[str, tuple[Fingerprint, Any, set[str]]] = {}
+    # ids of leaves judged not worth recording: the walk skips them from then on
+    judged: set[int] = set()
+
+    def record(value: Any, where: str) -> None:
+        fp = memo.fingerprint(value)
+        if fp is None or fp.nbytes < floor:
+            judged.add(id(value))  # the graph holds every leaf for the whole pass: ids stay unique
+            return
+        seen = found.get(fp.digest)
+        if seen is None:
+            found[fp.digest] = (fp, value, {where})
+        else:
+            seen[2].add(where)
+
     for key, node in graph.items():
-        finder.visit_node(node)
-        if not finder.found:
+        walk_leaves(node, record, judged)
+        if not found:
             continue
-        for digest, (fp, value, where) in finder.found.items():
+        for digest, (fp, value, where) in found.items():
             if digest not in result.fingerprints:
                 result.fingerprints[digest] = fp
                 result.values[digest] = value
@@ -78,5 +74,5 @@ def find_candidates(
                 result.positions[digest] = set()
             result.keys[digest].append(key)
             result.positions[digest] |= where
-        finder.found = {}
+        found.clear()
     return result

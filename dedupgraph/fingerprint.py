@@ -17,7 +17,7 @@ import logging
 import pickle
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,17 +91,25 @@ class FingerprintMemo:
 
     def fingerprint(self, value: Any) -> Fingerprint | None:
         """The value's fingerprint, or None for small, excluded or unpicklable values."""
+        found = self._seen.get(id(value))
+        if found is not None:  # first: functions and shared objects recur in every task
+            return found[1]
         if is_obviously_small(value, self.min_bytes):
             return None
-        found = self._seen.get(id(value))
-        if found is not None:
-            return found[1]
         reason = EXCLUDED if self._kept_inline(value) else None
         fp = None if reason else self._pickled_fingerprint(value)
         if fp is None and reason is None:
             reason = UNPICKLABLE
         self._seen[id(value)] = (value, fp, reason)
         return fp
+
+    def ids_with_digest(self, digests: Container[str]) -> dict[int, str]:
+        """``id -> digest`` of every object fingerprinted so far whose digest is in ``digests``."""
+        return {
+            key: fp.digest
+            for key, (_, fp, _) in self._seen.items()
+            if fp is not None and fp.digest in digests
+        }
 
     def why_inline(self, value: Any) -> str | None:
         """``SMALL``, ``EXCLUDED`` or ``UNPICKLABLE`` for a value without a fingerprint, else None."""

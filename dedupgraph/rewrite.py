@@ -23,7 +23,7 @@ from dask._task_spec import DataNode, GraphNode, Task, TaskRef
 from dedupgraph.candidates import Candidates
 from dedupgraph.fingerprint import FingerprintMemo
 from dedupgraph.plan import Plan
-from dedupgraph.transform import TaskTransformer
+from dedupgraph.transform import SUBGRAPH, TaskTransformer
 
 
 class _Hoister(TaskTransformer):
@@ -31,27 +31,26 @@ class _Hoister(TaskTransformer):
 
     def __init__(self, refs: Mapping[str, TaskRef], memo: FingerprintMemo) -> None:
         self.refs = refs
-        self.memo = memo
+        # stage 1 fingerprinted every leaf of the graph: identity finds them again
+        self.digests = memo.ids_with_digest(refs)
         self.used: set[str] = set()
         # nested tasks may be shared between fused tasks: rewrite each once
-        self._done: dict[tuple[int, str | None], tuple[Task, GraphNode]] = {}
+        self._done: dict[int, tuple[Task, GraphNode]] = {}
 
     def visit_leaf(self, value: Any, where: str) -> Any:
-        fp = self.memo.fingerprint(value)  # a memo hit: stage 1 saw every leaf
-        if fp is None:
+        digest = self.digests.get(id(value))
+        if digest is None:
             return value
-        ref = self.refs.get(fp.digest)
-        if ref is None:
-            return value
-        self.used.add(fp.digest)
-        return ref
+        self.used.add(digest)
+        return self.refs[digest]
 
     def visit_task(self, task: Task, where: str | None = None) -> GraphNode:
-        done = self._done.get((id(task), where))
+        # the rewritten node does not depend on ``where``, only reports would
+        done = self._done.get(id(task))
         if done is not None:
             return done[1]
         new = super().visit_task(task, where)
-        self._done[(id(task), where)] = (task, new)
+        self._done[id(task)] = (task, new)
         return new
 
 
@@ -70,6 +69,7 @@ def rewrite_graph(
     own_keys = references is None
     refs = references if references is not None else {d: TaskRef(h.key) for d, h in plan.hoists.items()}
     hoister = _Hoister(refs, candidates.memo)
+    hoister.visit_subgraph_inner = any(SUBGRAPH in candidates.positions[d] for d in plan.hoists)
     carriers = {key for hoist in plan.hoists.values() for key in hoist.tasks}
     out = dict(graph)
     for key in carriers:

@@ -1,15 +1,18 @@
 """One traversal over every kind of value a dask task can hold.
 
 >>> from dask._task_spec import Task, TaskRef
->>> class Doubler(TaskTransformer):
+>>> class Shout(TaskTransformer):
 ...     def visit_leaf(self, value, where):
-...         return value * 2 if isinstance(value, int) else value
->>> Doubler().visit_node(Task("k", max, 1, [2, 3])).args
-(2, List((4, 6)))
+...         return value.upper() if isinstance(value, str) else value
+>>> Shout().visit_node(Task("k", max, "a", ["b", 3])).args
+('A', List(('B', 3)))
 
-Like ``ast.NodeTransformer``: subclasses override :meth:`TaskTransformer.visit_leaf`
-and the traversal rebuilds a node only where a leaf changed; every node that
-does not change is returned as the very same object.  Leaves are the places a
+Like ``ast.NodeVisitor`` and ``ast.NodeTransformer``, there are two twins with
+the same knowledge of node types: :func:`walk_leaves` reads (stage 1 runs it on
+every task, so it builds nothing and keeps an explicit stack), and
+:class:`TaskTransformer` rebuilds (stage 3 runs it on the few tasks that
+change); subclasses override :meth:`TaskTransformer.visit_leaf` and every node
+that does not change is returned as the very same object.  Leaves are the places a
 task carries a Python value: the function, positional and keyword arguments,
 the elements of small plain containers, the values of inline ``DataNode``s,
 and all of these inside nested tasks and the inner graphs of fused
@@ -18,8 +21,9 @@ and all of these inside nested tasks and the inner graphs of fused
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 from dask._task_spec import (
@@ -47,21 +51,101 @@ _PLAIN_CONTAINERS = (list, tuple, dict, set)
 
 # Where a leaf sits, as reported to ``visit_leaf``.  Inside a container or a
 # fused subgraph the enclosing place wins: users know "my object is in a fused
-# task", not which inner argument slot dask chose for it.
+# task", not which inner argument slot dask chose for it.  SUBGRAPH wins over
+# everything, so the rewrite can tell when inner tasks need no visit at all.
 FUNCTION = "function"
 ARGUMENT = "argument"
 KEYWORD = "keyword"
 CONTAINER = "container"
-SUBGRAPH = "fused subgraph"
+SUBGRAPH = "fused subgraph"  # anywhere inside the inner tasks of a fused task
+SUBGRAPH_INPUT = "fused subgraph input"  # an inline input of a fused task
+
+
+# Values that can never hold a large object: skipped before any call.
+_NOTHING_INSIDE = frozenset({int, float, bool, type(None), complex, slice, range, TaskRef, Alias})
+
+Visit = Callable[[Any, str], object]
+
+
+def walk_leaves(node: GraphNode, visit: Visit, skip: Container[int] = frozenset()) -> None:
+    """Call ``visit(value, where)`` for every leaf of a top-level graph entry.
+
+    >>> seen = []
+    >>> walk_leaves(Task("k", max, 1, [2, "x"], key=TaskRef("y")), lambda v, w: seen.append((v, w)))
+    >>> seen
+    [(<built-in function max>, 'function'), ('x', 'container')]
+
+    Reads only; sees exactly the leaves :class:`TaskTransformer` would visit,
+    except those whose ``id`` is in ``skip`` (values already judged, which
+    recur in every task: functions, dtypes, partials).  Stage 1 runs it on
+    every task of graphs of 10^6 tasks, hence the explicit stack of tasks.
+    """
+    if not isinstance(node, Task):
+        return
+    stack: list[tuple[Task, str | None]] = [(node, None)]
+    while stack:
+        task, where = stack.pop()
+        typ = type(task)
+        if typ is not Task and is_container_task_type(typ):
+            _walk_values(task.args, where or CONTAINER, visit, skip, stack)
+        elif task.func is _execute_subgraph:
+            for inner in task.args[0].values():
+                if isinstance(inner, Task):
+                    stack.append((inner, SUBGRAPH))
+                elif isinstance(inner, DataNode) and id(inner.value) not in skip:
+                    visit(inner.value, SUBGRAPH)
+            _walk_values(task.args[3:], where or SUBGRAPH_INPUT, visit, skip, stack)
+        else:
+            if id(task.func) not in skip:
+                visit(task.func, where or FUNCTION)
+            _walk_values(task.args, where or ARGUMENT, visit, skip, stack)
+            if task.kwargs:
+                _walk_values(task.kwargs.values(), where or KEYWORD, visit, skip, stack)
+
+
+def _walk_values(
+    values: Iterable[Any],
+    where: str,
+    visit: Visit,
+    skip: Container[int],
+    stack: list[tuple[Task, str | None]],
+) -> None:
+    for value in values:
+        typ = type(value)
+        if typ in _NOTHING_INSIDE or id(value) in skip:
+            continue
+        if typ is Task or isinstance(value, Task):
+            stack.append((value, where))
+        elif isinstance(value, GraphNode):
+            if isinstance(value, DataNode) and id(value.value) not in skip:
+                visit(value.value, where)
+        elif isinstance(value, TaskRef):
+            continue
+        elif typ in _PLAIN_CONTAINERS and len(value) <= SMALL_CONTAINER_LEN:
+            inner_where = CONTAINER if where in (ARGUMENT, KEYWORD) else where
+            _walk_values(value.values() if typ is dict else value, inner_where, visit, skip, stack)
+        else:
+            visit(value, where)
+
+
+@functools.cache
+def is_container_task_type(typ: type) -> bool:
+    """``issubclass(typ, NestedContainer)``, cached: it is an ABC, and ABC checks are slow."""
+    return issubclass(typ, NestedContainer)
 
 
 class TaskTransformer:
     """Visit every value in a task; rebuild only the nodes whose leaves change.
 
     Override :meth:`visit_leaf`.  Each instance serves one pass over one graph.
+    Set ``visit_subgraph_inner = False`` when no replaced leaf can sit in the
+    inner tasks of fused tasks (no ``SUBGRAPH`` position): they are then
+    kept as they are without a visit, the rewrite's main saving.
     The ``where`` arguments carry an enclosing position (``CONTAINER``,
     ``SUBGRAPH``) down to the leaves; ``None`` means "at the task's own level".
     """
+
+    visit_subgraph_inner = True
 
     def visit_node(self, node: GraphNode) -> GraphNode:
         """A top-level graph entry.  ``DataNode``s and ``Alias``es there are keys already."""
@@ -75,7 +159,7 @@ class TaskTransformer:
 
     def visit_value(self, value: Any, where: str) -> Any:
         """Any value found inside a task."""
-        if isinstance(value, TaskRef):
+        if type(value) in _NOTHING_INSIDE or isinstance(value, TaskRef):
             return value
         if isinstance(value, GraphNode):
             if isinstance(value, Task):
@@ -88,7 +172,7 @@ class TaskTransformer:
         return self.visit_leaf(value, where)
 
     def visit_task(self, task: Task, where: str | None = None) -> GraphNode:
-        if isinstance(task, NestedContainer):
+        if type(task) is not Task and is_container_task_type(type(task)):
             return self.visit_container_task(task, where)
         if task.func is _execute_subgraph:
             return self.visit_subgraph_task(task, where)
@@ -143,12 +227,16 @@ class TaskTransformer:
         """A fused task: ``_execute_subgraph(inner_dsk, outkey, inkeys, *deps)``."""
         inner, outkey, inkeys = task.args[:3]
         deps = task.args[3:]
-        where = where or SUBGRAPH
-        new_inner = {key: self._visit_inner(key, node, where) for key, node in inner.items()}
-        new_deps = self._visit_tuple(deps, where)
-        inner_changed = any(new_inner[k] is not inner[k] for k in inner)
-        if not inner_changed and new_deps is deps:
-            return task
+        new_deps = self._visit_tuple(deps, where or SUBGRAPH_INPUT)
+        if self.visit_subgraph_inner:
+            new_inner = {key: self._visit_inner(key, node) for key, node in inner.items()}
+            inner_changed = any(new_inner[k] is not inner[k] for k in inner)
+        else:
+            new_inner, inner_changed = inner, False
+        if not inner_changed:
+            if new_deps is deps:
+                return task
+            return _rebuilt(task, task.func, (inner, outkey, inkeys, *new_deps), task.kwargs)
         # Inner tasks that now reference a hoisted key get it as an extra input.
         provided = set(new_inner) | set(inkeys)
         extra = sorted(
@@ -170,31 +258,35 @@ class TaskTransformer:
         )
         return _rebuilt(task, task.func, args, task.kwargs)
 
-    def _visit_inner(self, key: Any, node: Any, where: str) -> Any:
+    def _visit_inner(self, key: Any, node: Any) -> Any:
         if isinstance(node, DataNode):
-            new = self.visit_data_node(node, where)
+            new = self.visit_data_node(node, SUBGRAPH)
             if isinstance(new, TaskRef):
                 # the inner key must still exist: point it at the hoisted key
                 return Alias(key, new.key)
             return new
         if isinstance(node, Task):
-            return self.visit_task(node, where)
+            return self.visit_task(node, SUBGRAPH)
         return node
 
     def _visit_tuple(self, values: tuple[Any, ...], where: str) -> tuple[Any, ...]:
         """The values visited; the same tuple object if none changed."""
-        new = tuple([self.visit_value(v, where) for v in values])
-        if all(n is o for n, o in zip(new, values)):
-            return values
-        return new
+        new: list[Any] | None = None
+        for index, value in enumerate(values):
+            if type(value) in _NOTHING_INSIDE:
+                continue
+            replacement = self.visit_value(value, where)
+            if replacement is not value:
+                if new is None:
+                    new = list(values)
+                new[index] = replacement
+        return values if new is None else tuple(new)
 
     def _visit_dict(self, values: dict[str, Any], where: str) -> dict[str, Any]:
         if not values:
             return values
-        new = {k: self.visit_value(v, where) for k, v in values.items()}
-        if all(new[k] is v for k, v in values.items()):
-            return values
-        return new
+        new = self._visit_tuple(tuple(values.values()), where)
+        return values if all(n is o for n, o in zip(new, values.values())) else dict(zip(values, new))
 
 
 def _rebuilt(task: Task, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
@@ -203,6 +295,7 @@ def _rebuilt(task: Task, func: Callable[..., Any], args: tuple[Any, ...], kwargs
     return type(task)(task.key, func, *args, **kwargs, **extras)
 
 
+@functools.cache
 def _extra_slots(typ: type[Task]) -> tuple[str, ...]:
     # Task subclasses may take extra constructor arguments stored in slots
     # (``_data_producer`` on Task itself); dask's own ``substitute`` carries them over.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 
 import dask.array as da
+import numpy as np
 from dask import delayed
 
 from dedupgraph.candidates import find_candidates
 from dedupgraph.fingerprint import FingerprintMemo
-from dedupgraph.transform import ARGUMENT, CONTAINER, FUNCTION, KEYWORD, SUBGRAPH
+from dedupgraph.transform import ARGUMENT, CONTAINER, FUNCTION, KEYWORD, SUBGRAPH, SUBGRAPH_INPUT
 
 from payloads import Mapper, optimized_graph, uses_kw, uses_mapper
 
@@ -33,8 +34,14 @@ def test_function_and_subgraph_positions():
     m = Mapper()
     fn = _found(*[delayed(functools.partial(uses_mapper, mapper=m))(i) for i in range(2)])
     assert list(fn.positions.values()) == [{FUNCTION}]
-    sub = _found(da.arange(4, chunks=2).map_blocks(uses_mapper, m))
-    assert list(sub.positions.values()) == [{SUBGRAPH}]
+    # blockwise fusion passes the object as an inline input of the fused task
+    blockwise = da.zeros((4, 2), chunks=(1, 2)).map_blocks(uses_mapper, m, meta=np.array(()))
+    assert list(_found(blockwise).positions.values()) == [{SUBGRAPH_INPUT}]
+    # linear fusion keeps it as an argument of an inner task
+    linear = _found(da.arange(4, chunks=2).map_blocks(uses_mapper, m))
+    assert list(linear.positions.values()) == [{SUBGRAPH}]
+    inner = _found(da.arange(4, chunks=2).map_blocks(m.method) + 1)
+    assert list(inner.positions.values()) == [{SUBGRAPH}]
 
 
 def test_equal_distinct_objects_share_one_digest_keeping_the_first():

@@ -182,3 +182,42 @@ def test_subgraph_within_subgraph():
     new = ReplaceBig().visit_node(outer)
     assert new.dependencies == {"big-key"}
     assert run(new) == 2000
+
+
+class _Recorder(TaskTransformer):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str]] = []
+
+    def visit_leaf(self, value: Any, where: str) -> Any:
+        self.seen.append((id(value), where))
+        return value
+
+
+def _graphs():
+    from test_optimizer import CASES
+
+    from payloads import Mapper, optimized_graph
+
+    m = Mapper(rows=10)
+    for build in CASES.values():
+        yield optimized_graph(build(m))
+    yield {"t": Task("t", max, [BIG, (1, [BIG])], Dict(a=BIG), k=Set(BIG, TaskRef("x")))}
+    yield {
+        "f": _fused(
+            deps=(DataNode("__in0", BIG), TaskRef("x")),
+            inner={"inner-out": Task("inner-out", BIG, TaskRef("__in0"), [3, BIG]), "lit": DataNode("lit", (1, 2))},
+            inkeys=("__in0", "__in1"),
+        )
+    }
+
+
+def test_walker_and_transformer_see_the_same_leaves():
+    from dedupgraph.transform import walk_leaves
+
+    for graph in _graphs():
+        for node in graph.values():
+            walked: list[tuple[int, str]] = []
+            walk_leaves(node, lambda v, w: walked.append((id(v), w)))
+            recorder = _Recorder()
+            assert recorder.visit_node(node) is node
+            assert sorted(walked) == sorted(recorder.seen)
