@@ -45,6 +45,8 @@ class _Hoister(TaskTransformer):
         return self.refs[digest]
 
     def visit_task(self, task: Task, where: str | None = None) -> GraphNode:
+        if where is None:  # a top-level entry: never shared, nothing to remember
+            return super().visit_task(task)
         # the rewritten node does not depend on ``where``, only reports would
         done = self._done.get(id(task))
         if done is not None:

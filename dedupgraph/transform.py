@@ -291,6 +291,8 @@ class TaskTransformer:
 
 def _rebuilt(task: Task, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
     """A new task like ``task`` (same type, key and extra slots) with new contents."""
+    if type(task) is Task:  # the common case, without the generic slot lookup
+        return Task(task.key, func, *args, _data_producer=task._data_producer, **kwargs)
     extras = {name: getattr(task, name) for name in _extra_slots(type(task))}
     return type(task)(task.key, func, *args, **kwargs, **extras)
 
