@@ -1,0 +1,39 @@
+"""Smoke run of the pass-overhead benchmark at a tiny size: behaviour only, no timings asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dedupgraph
+from benchmarks.overhead import SCENARIOS, build, measure
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenarios_measure_and_hoist_what_they_should(scenario):
+    row = measure(scenario, 500, repeat=1)
+    assert row.tasks >= 400 and row.dask_s > 0 and row.pass_s > 0
+    expected = {"none": 0, "shared": 1, "distinct": 100 // 10}
+    assert row.hoisted == expected[scenario]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_results_with_and_without_the_pass_agree(scenario):
+    y = build(scenario, 500)
+    with dedupgraph.enable():
+        got = y.compute()
+    np.testing.assert_allclose(got, y.compute())
+
+
+def test_command_line_prints_a_row_per_scenario():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.overhead", "--tasks", "500", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    assert {line.split("|")[1].strip() for line in out.splitlines()[2:]} == set(SCENARIOS)
