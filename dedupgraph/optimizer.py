@@ -16,17 +16,23 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import warnings
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
-from dask._task_spec import GraphNode, convert_legacy_graph
+import dask
 from dask.utils import ensure_dict, format_bytes
 
-from dedupgraph.candidates import find_candidates
-from dedupgraph.fingerprint import FingerprintMemo
-from dedupgraph.plan import Plan, plan_hoists
-from dedupgraph.rewrite import rewrite_graph
+from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.settings import Settings
+
+if not MISSING_INTERNALS:  # without them the stages cannot even be imported: the pass is off
+    from dask._task_spec import GraphNode, convert_legacy_graph
+
+    from dedupgraph.candidates import find_candidates
+    from dedupgraph.fingerprint import FingerprintMemo
+    from dedupgraph.plan import Plan, plan_hoists
+    from dedupgraph.rewrite import rewrite_graph
 
 logger = logging.getLogger("dedupgraph")
 
@@ -145,6 +151,9 @@ class Deduplicator:
         settings = self.effective_settings()
         if self.base is not None:
             dsk = self.base(dsk, keys, **kwargs)
+        if MISSING_INTERNALS:
+            _warn_unsupported()
+            return dsk
         try:
             return deduplicate_graph(dsk, settings)
         except Exception:
@@ -158,6 +167,17 @@ class Deduplicator:
             return f"Deduplicator(base={base})"
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self.settings).items())
         return f"Deduplicator(base={base}, {fields})"
+
+
+def _warn_unsupported() -> None:
+    # a warning from one line shows once per process under Python's default filters
+    warnings.warn(
+        f"dedupgraph is switched off: dask {dask.__version__} lacks "
+        f"{', '.join(MISSING_INTERNALS)}, which the pass is built on. Graphs run "
+        "unchanged. Install a dask release that pyproject.toml of dedupgraph supports.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _array_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:

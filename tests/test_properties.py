@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import graphlib
+import hashlib
 from typing import Any
 
 import dask
@@ -31,8 +32,8 @@ class Big:
         self.tag = tag
         self.payload = bytes([tag]) * PAYLOAD
 
-    def describe(self, *args: Any, **kwargs: Any) -> Any:
-        return ("bound", self.tag, describe(*args, **kwargs))
+    def describe(self, *args: Any, **kwargs: Any) -> str:
+        return digest(("bound", self.tag, describe(*args, **kwargs)))
 
     def __hash__(self) -> int:
         return self.tag
@@ -59,17 +60,22 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def describe(*args: Any, **kwargs: Any) -> Any:
-    return ("describe", [canonical(a) for a in args], sorted((k, canonical(v)) for k, v in kwargs.items()))
+def digest(description: Any) -> str:
+    # short results, so that results of results do not nest without bound
+    return hashlib.sha1(repr(description).encode()).hexdigest()[:16]
 
 
-def with_object(obj: Any, *args: Any, **kwargs: Any) -> Any:
-    return ("partial", canonical(obj), describe(*args, **kwargs))
+def describe(*args: Any, **kwargs: Any) -> str:
+    return digest(([canonical(a) for a in args], sorted((k, canonical(v)) for k, v in kwargs.items())))
+
+
+def with_object(obj: Any, *args: Any, **kwargs: Any) -> str:
+    return digest(("partial", canonical(obj), describe(*args, **kwargs)))
 
 
 def closure_over(obj: Any):
-    def inner(*args: Any, **kwargs: Any) -> Any:
-        return ("closure", canonical(obj), describe(*args, **kwargs))
+    def inner(*args: Any, **kwargs: Any) -> str:
+        return digest(("closure", canonical(obj), describe(*args, **kwargs)))
 
     return inner
 
