@@ -1,13 +1,21 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+# The oldest dask and distributed that pyproject.toml admits: CI tests them too.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PINS := "dask[array,bag]==2025.5.0" "distributed==2025.5.0"
 
-.PHONY: demo test
+.PHONY: demo test test-oldest
 
-# The stamp is rebuilt only when the package metadata changes.
+# The stamps are rebuilt only when the package metadata changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(OLDEST_VENV)/.installed: pyproject.toml Makefile
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e ".[test]" $(OLDEST_PINS)
 	touch $@
 
 # The main job: the seed scenario before and after, on a local cluster.
@@ -16,3 +24,6 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pytest
