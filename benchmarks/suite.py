@@ -1,0 +1,368 @@
+"""The seed's fixes side by side: memory, time and payload per mode, with plots.
+
+    dedupgraph bench --quick                  # under two minutes
+    dedupgraph bench --output results/        # the full matrix (about an hour)
+    python -m benchmarks.suite --quick
+
+Every cell persists a collection whose every task uses one object (a ``Mapper``
+holding a pandas Series, sized to ~60 KB, ~250 KB or ~2 MB pickled) on a
+``LocalCluster`` of 2 worker processes x 1 thread, for growing chunk counts,
+and records cluster memory (``MemorySampler``) after ``persist`` + ``wait`` and
+its peak, memory growth per extra chunk, the persist's wall time, the bytes of
+the graph the client sends, and the summed size of the tasks' specs.  Each
+mode gets a fresh cluster; workers restart between collections and sizes.
+
+Modes: ``plain`` (dask's default), ``dedup-config``
+(``dask.config.set(array_optimize=dedupgraph.dedup)`` and friends, via
+``dedupgraph.enable()``), ``deduplicate`` and ``deduplicate-broadcast``
+(``dedupgraph.deduplicate(..., client=client, broadcast=...)``),
+``scatter-broadcast`` (``client.scatter(obj, broadcast=True)``, the best known
+manual fix) and ``delayed-create`` (the object built inside ``dask.delayed``).
+A second part times the pass against dask's own array optimization
+(``benchmarks.overhead``).  Results go to ``--output``: ``cells.csv``,
+``overhead.csv``, ``results.md`` and three PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import dask
+import dask.array as da
+import dask.bag as db
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from dask.base import collections_to_expr
+from distributed import Client, LocalCluster, wait
+from distributed.diagnostics import MemorySampler
+from distributed.protocol.pickle import dumps as distributed_dumps
+
+import dedupgraph
+from benchmarks import overhead
+from benchmarks.seed import Mapper
+
+MODES = (
+    "plain",
+    "dedup-config",
+    "deduplicate",
+    "deduplicate-broadcast",
+    "scatter-broadcast",
+    "delayed-create",
+)
+COLLECTIONS = ("array", "delayed", "bag", "dataframe")
+SIZES = {"60KB": 7_500, "250KB": 30_000, "2MB": 250_000}  # Series rows for each pickled size
+MEMORY_BUDGET = 6 * 2**30  # cells whose plain embedding would need more are skipped
+
+
+@dataclass(frozen=True)
+class Plan:
+    chunks: tuple[int, ...]
+    sizes: tuple[str, ...]
+    collections: tuple[str, ...]
+    modes: tuple[str, ...]
+    overhead_tasks: tuple[int, ...]
+    settle_s: float
+
+
+FULL = Plan((250, 1000, 4000), tuple(SIZES), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0)
+QUICK = Plan((10, 40), ("250KB",), COLLECTIONS, MODES, (2_000, 10_000), 0.6)
+
+
+@dataclass(frozen=True)
+class Cell:
+    mode: str
+    collection: str
+    size: str
+    object_kb: float
+    chunks: int
+    memory_mb: float
+    peak_mb: float
+    growth_kb_per_chunk: float | None
+    persist_s: float
+    graph_sent_kb: float
+    task_payload_kb: float
+    result: float
+    note: str = ""
+
+
+# --- the user's functions, one per collection type -------------------------
+
+
+def block_fn(block: np.ndarray, mapper: Mapper) -> np.ndarray:
+    return block + len(mapper.s) % 7
+
+
+def item_fn(x: int, mapper: Mapper) -> int:
+    return x + len(mapper.s) % 7
+
+
+def frame_fn(part: pd.DataFrame, mapper: Mapper) -> pd.DataFrame:
+    return part.assign(y=part.x + len(mapper.s) % 7)
+
+
+def build(collection: str, start: int, count: int, arg: Any) -> Any:
+    """``count`` chunks (numbered from ``start``) of ``collection``, each task using ``arg``."""
+    if collection == "array":
+        zeros = da.zeros((count, 10), chunks=(1, 10))
+        return zeros.map_blocks(block_fn, arg, meta=np.array((), dtype="f8"))
+    if collection == "delayed":
+        return [dask.delayed(item_fn)(start + i, arg) for i in range(count)]
+    if collection == "bag":
+        return db.from_sequence(range(start, start + count), npartitions=count).map(item_fn, arg)
+    frame = pd.DataFrame({"x": np.arange(start, start + count)})
+    return dd.from_pandas(frame, npartitions=count).map_partitions(frame_fn, arg, meta={"x": "i8", "y": "i8"})
+
+
+def total(persisted: Any) -> float:
+    """A checksum of a persisted collection, the same in every mode."""
+    if isinstance(persisted, list):
+        return float(sum(dask.compute(*persisted)))
+    if isinstance(persisted, dd.DataFrame):
+        return float(persisted.y.sum().compute())
+    return float(persisted.sum().compute())
+
+
+# --- modes ------------------------------------------------------------------
+
+
+def mode_available(mode: str) -> bool:
+    return not mode.startswith("deduplicate") or hasattr(dedupgraph, "deduplicate")
+
+
+def persist_in_mode(mode: str, collection: str, start: int, count: int, mapper: Mapper, client: Client) -> Any:
+    if mode == "scatter-broadcast":
+        arg: Any = client.scatter(mapper, broadcast=True)
+    elif mode == "delayed-create":
+        arg = dask.delayed(Mapper)(len(mapper.s))
+    else:
+        arg = mapper
+    coll = build(collection, start, count, arg)
+    colls = coll if isinstance(coll, list) else [coll]
+    if mode.startswith("deduplicate"):
+        colls = list(dedupgraph.deduplicate(*colls, client=client, broadcast=mode.endswith("broadcast")))
+    with dedupgraph.enable() if mode == "dedup-config" else contextlib.nullcontext():
+        persisted = client.persist(colls)
+        wait(persisted)
+    return persisted if isinstance(coll, list) else persisted[0]
+
+
+def graph_sizes(mode: str, collection: str, count: int, mapper: Mapper, client: Client) -> tuple[int, int]:
+    """(bytes the client pickles for the graph, summed bytes of each task's spec)."""
+    persisted_arg: Any = mapper
+    if mode == "scatter-broadcast":
+        persisted_arg = client.scatter(mapper, broadcast=True)
+    elif mode == "delayed-create":
+        persisted_arg = dask.delayed(Mapper)(len(mapper.s))
+    coll = build(collection, 0, count, persisted_arg)
+    colls = coll if isinstance(coll, list) else [coll]
+    if mode.startswith("deduplicate"):
+        colls = list(dedupgraph.deduplicate(*colls, client=client, broadcast=mode.endswith("broadcast")))
+    with dedupgraph.enable() if mode == "dedup-config" else contextlib.nullcontext():
+        expr = collections_to_expr(colls)
+        sent = len(distributed_dumps(expr))  # as the client pickles it, in one call
+        graph = dict(expr.optimize().__dask_graph__())
+    payload = sum(len(cloudpickle.dumps(node)) for node in graph.values())
+    return sent, payload
+
+
+# --- measuring ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cluster() -> Iterator[Client]:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0"
+    ) as c, Client(c) as client:
+        yield client
+
+
+def _settled(sampler: MemorySampler, label: str) -> tuple[float, float]:
+    values = [v for _, v in sampler.samples[label]]
+    tail = sorted(values[len(values) // 2 :])
+    return tail[len(tail) // 2], max(values)
+
+
+def measure_cells(mode: str, collection: str, size: str, plan: Plan, client: Client, sampler: MemorySampler) -> list[Cell]:
+    mapper = Mapper(SIZES[size])
+    object_bytes = len(cloudpickle.dumps(mapper))
+    if object_bytes * max(plan.chunks) > MEMORY_BUDGET and mode == "plain":
+        note = f"skipped: plain embedding would need {object_bytes * max(plan.chunks) / 2**30:.1f} GiB"
+        return [Cell(mode, collection, size, object_bytes / 1024, n, 0, 0, None, 0, 0, 0, 0, note) for n in plan.chunks]
+    cells: list[Cell] = []
+    held, previous, previous_memory = [], 0, None
+    for count in plan.chunks:
+        label = f"{mode}/{collection}/{size}/{count}"
+        with sampler.sample(label, client=client, interval=0.1):
+            start = time.perf_counter()
+            held.append(persist_in_mode(mode, collection, previous, count - previous, mapper, client))
+            persist_s = time.perf_counter() - start
+            time.sleep(plan.settle_s)
+        memory, peak = _settled(sampler, label)
+        growth = None if previous_memory is None else (memory - previous_memory) / (count - previous) / 1024
+        sent, payload = graph_sizes(mode, collection, count, mapper, client)
+        result = sum(total(p) for p in held)
+        cells.append(
+            Cell(mode, collection, size, object_bytes / 1024, count, memory / 2**20, peak / 2**20,
+                 growth, persist_s, sent / 1024, payload / 1024, result)
+        )
+        previous, previous_memory = count, memory
+    return cells
+
+
+def run_cells(plan: Plan, progress: Callable[[str], None]) -> tuple[list[Cell], MemorySampler]:
+    sampler = MemorySampler()
+    cells: list[Cell] = []
+    work = [(c, s) for c in plan.collections for s in plan.sizes]
+    modes = [m for m in plan.modes if mode_available(m)]
+    done, total_cells = 0, len(modes) * len(work)
+    for mode in modes:
+        with cluster() as client:
+            for collection, size in work:
+                started = time.perf_counter()
+                client.restart()
+                cells += measure_cells(mode, collection, size, plan, client, sampler)
+                done += 1
+                progress(f"[{done}/{total_cells}] {mode:22} {collection:9} {size:6} {time.perf_counter() - started:5.1f}s")
+    for mode in plan.modes:
+        if not mode_available(mode):
+            progress(f"mode {mode}: dedupgraph.deduplicate is not available in this version; skipped")
+    return cells, sampler
+
+
+def check_results(cells: Sequence[Cell]) -> None:
+    """Every mode must compute the same thing."""
+    by_cell: dict[tuple[str, str, int], set[float]] = {}
+    for c in cells:
+        if not c.note:
+            by_cell.setdefault((c.collection, c.size, c.chunks), set()).add(c.result)
+    wrong = {k: v for k, v in by_cell.items() if len(v) != 1}
+    if wrong:
+        raise AssertionError(f"modes disagree on results: {wrong}")
+
+
+# --- output ------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: Sequence[Any]) -> None:
+    with path.open("w", newline="") as f:
+        fields = [f.name for f in dataclasses.fields(rows[0])]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in rows)
+
+
+def cells_markdown(cells: Sequence[Cell]) -> str:
+    lines = [
+        "| mode | collection | object | chunks | memory (MB) | peak (MB) | growth/chunk (KB) | persist (s) | graph sent (KB) | task payload (KB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        if c.note:
+            lines.append(f"| {c.mode} | {c.collection} | {c.size} | {c.chunks} | {c.note} ||||||")
+            continue
+        growth = "" if c.growth_kb_per_chunk is None else f"{c.growth_kb_per_chunk:.1f}"
+        lines.append(
+            f"| {c.mode} | {c.collection} | {c.size} | {c.chunks} | {c.memory_mb:.0f} | {c.peak_mb:.0f} | "
+            f"{growth} | {c.persist_s:.2f} | {c.graph_sent_kb:.0f} | {c.task_payload_kb:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(cells: Sequence[Cell], sampler: MemorySampler, overhead_rows: Sequence[overhead.Row], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = "250KB" if any(c.size == "250KB" for c in cells) else cells[0].size
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    frame = sampler.to_pandas(align=True)
+    for mode in dict.fromkeys(c.mode for c in cells):
+        columns = [c for c in frame.columns if c.startswith(f"{mode}/array/{size}/")]
+        if columns:
+            series = pd.concat([frame[c].dropna() for c in columns], ignore_index=True)
+            ax.plot(np.arange(len(series)) * 0.1, series / 2**20, label=mode)
+    ax.set(xlabel="time sampled during persist + settle (s)", ylabel="cluster memory (MB)",
+           title=f"Memory over time, map_blocks, {size} object")
+    ax.legend()
+    paths.append(out / "memory_over_time.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for mode in dict.fromkeys(c.mode for c in cells):
+        points = [(c.chunks, c.memory_mb) for c in cells if c.mode == mode and c.collection == "array" and c.size == size and not c.note]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=mode)
+    ax.set(xlabel="chunks", ylabel="cluster memory after persist (MB)", title=f"Memory against chunk count, map_blocks, {size} object")
+    ax.legend()
+    paths.append(out / "memory_vs_chunks.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for scenario in overhead.SCENARIOS:
+        points = [(r.tasks, 100 * r.overhead) for r in overhead_rows if r.scenario == scenario]
+        ax.plot(*zip(*points), marker="o", label=scenario)
+    ax.set(xscale="log", xlabel="tasks", ylabel="pass time / dask optimize time (%)", title="Pass overhead against graph size")
+    ax.legend()
+    paths.append(out / "pass_overhead.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close("all")
+    return paths
+
+
+def run(plan: Plan, out: Path, progress: Callable[[str], None]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    cells, sampler = run_cells(plan, progress)
+    check_results(cells)
+    overhead_rows = []
+    for tasks in plan.overhead_tasks:
+        for scenario in overhead.SCENARIOS:
+            overhead_rows.append(overhead.measure(scenario, tasks, repeat=1 if plan is QUICK else 3))
+            progress(f"overhead {scenario:9} {tasks:7} tasks: {overhead_rows[-1].overhead:.1%}")
+    write_csv(out / "cells.csv", cells)
+    write_csv(out / "overhead.csv", overhead_rows)
+    plot(cells, sampler, overhead_rows, out)
+    report = out / "results.md"
+    report.write_text(
+        f"# dedupgraph bench\n\n{environment()}\n\n## Cells\n\n{cells_markdown(cells)}\n\n"
+        f"## Pass overhead\n\n{overhead.markdown(overhead_rows)}\n"
+    )
+    return report
+
+
+def environment() -> str:
+    import platform
+
+    import distributed
+
+    return (
+        f"Python {platform.python_version()}, dask {dask.__version__}, distributed {distributed.__version__}, "
+        f"numpy {np.__version__}, pandas {pd.__version__}, dedupgraph {dedupgraph.__version__}; "
+        f"{platform.machine()}, LocalCluster of 2 worker processes x 1 thread."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dedupgraph bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
+    parser.add_argument("--output", type=Path, default=Path("results"), help="folder for results (default: results)")
+    args = parser.parse_args(argv)
+    report = run(QUICK if args.quick else FULL, args.output, lambda line: print(line, file=sys.stderr, flush=True))
+    print(report.read_text())
+
+
+if __name__ == "__main__":
+    main()
