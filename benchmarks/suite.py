@@ -20,7 +20,7 @@ Modes: ``plain`` (dask's default), ``dedup-config``
 manual fix) and ``delayed-create`` (the object built inside ``dask.delayed``).
 A second part times the pass against dask's own array optimization
 (``benchmarks.overhead``).  Results go to ``--output``: ``cells.csv``,
-``overhead.csv``, ``results.md`` and three PNG plots.
+``overhead.csv``, ``memory_samples.csv``, ``results.md`` and three PNG plots.
 """
 
 from __future__ import annotations
@@ -289,14 +289,14 @@ def plot(cells: Sequence[Cell], sampler: MemorySampler, overhead_rows: Sequence[
     paths = []
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    frame = sampler.to_pandas(align=True)
     for mode in dict.fromkeys(c.mode for c in cells):
-        columns = [c for c in frame.columns if c.startswith(f"{mode}/array/{size}/")]
-        if columns:
-            series = pd.concat([frame[c].dropna() for c in columns], ignore_index=True)
-            ax.plot(np.arange(len(series)) * 0.1, series / 2**20, label=mode)
-    ax.set(xlabel="time sampled during persist + settle (s)", ylabel="cluster memory (MB)",
-           title=f"Memory over time, map_blocks, {size} object")
+        labels = [f"{mode}/array/{size}/{c.chunks}" for c in cells if c.mode == mode and c.collection == "array" and c.size == size]
+        samples = [point for label in labels for point in sampler.samples.get(label, [])]
+        if samples:
+            start = samples[0][0]
+            ax.plot([t - start for t, _ in samples], [v / 2**20 for _, v in samples], label=mode)
+    ax.set(xlabel="seconds since the first persist (sampled while persisting and settling)",
+           ylabel="cluster memory (MB)", title=f"Memory over time, map_blocks, {size} object")
     ax.legend()
     paths.append(out / "memory_over_time.png")
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
@@ -334,6 +334,10 @@ def run(plan: Plan, out: Path, progress: Callable[[str], None]) -> Path:
             progress(f"overhead {scenario:9} {tasks:7} tasks: {overhead_rows[-1].overhead:.1%}")
     write_csv(out / "cells.csv", cells)
     write_csv(out / "overhead.csv", overhead_rows)
+    with (out / "memory_samples.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "time", "cluster_memory_bytes"])
+        writer.writerows((label, t, v) for label, series in sampler.samples.items() for t, v in series)
     plot(cells, sampler, overhead_rows, out)
     report = out / "results.md"
     report.write_text(
