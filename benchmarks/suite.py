@@ -73,10 +73,12 @@ class Plan:
     modes: tuple[str, ...]
     overhead_tasks: tuple[int, ...]
     settle_s: float
+    restart: bool = True  # fresh worker memory for every collection and size
 
 
 FULL = Plan((250, 1000, 4000), tuple(SIZES), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0)
 QUICK = Plan((10, 40), ("250KB",), COLLECTIONS, MODES, (2_000, 10_000), 0.6)
+SMOKE = Plan((3, 6), ("60KB",), COLLECTIONS, MODES, (500,), 0.3, restart=False)
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,8 @@ def run_cells(plan: Plan, progress: Callable[[str], None]) -> tuple[list[Cell], 
         with cluster() as client:
             for collection, size in work:
                 started = time.perf_counter()
-                client.restart()
+                if plan.restart:
+                    client.restart()
                 cells += measure_cells(mode, collection, size, plan, client, sampler)
                 done += 1
                 progress(f"[{done}/{total_cells}] {mode:22} {collection:9} {size:6} {time.perf_counter() - started:5.1f}s")
@@ -330,7 +333,7 @@ def run(plan: Plan, out: Path, progress: Callable[[str], None]) -> Path:
     overhead_rows = []
     for tasks in plan.overhead_tasks:
         for scenario in overhead.SCENARIOS:
-            overhead_rows.append(overhead.measure(scenario, tasks, repeat=1 if plan is QUICK else 3))
+            overhead_rows.append(overhead.measure(scenario, tasks, repeat=3 if plan is FULL else 1))
             progress(f"overhead {scenario:9} {tasks:7} tasks: {overhead_rows[-1].overhead:.1%}")
     write_csv(out / "cells.csv", cells)
     write_csv(out / "overhead.csv", overhead_rows)
