@@ -232,9 +232,8 @@ def label_of(value: Any) -> str:
     prefix, so digits and punctuation would drop the name from the dashboard.
     """
     words = [type(value).__name__]
-    owner = getattr(value, "__self__", None)
-    if isinstance(value, types.MethodType) and owner is not None:
-        words = [type(owner).__name__, value.__func__.__name__]
+    if isinstance(value, types.MethodType):  # no getattr on arbitrary objects: __getattr__ may raise
+        words = [type(value.__self__).__name__, value.__func__.__name__]
     elif isinstance(value, functools.partial):
         words.append(getattr(value.func, "__name__", ""))
     elif isinstance(value, (types.FunctionType, types.BuiltinFunctionType)):

@@ -52,8 +52,11 @@ def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings) -> Mappin
         return _deduplicated(dsk, graph, settings)
 
 
-def _deduplicated(dsk: Mapping[Hashable, Any], graph: dict[Hashable, GraphNode], settings: Settings) -> Mapping[Hashable, Any]:
-    candidates = find_candidates(graph, FingerprintMemo(settings.min_bytes, frozenset(settings.exclude)))
+def _deduplicated(
+    dsk: Mapping[Hashable, Any], graph: dict[Hashable, GraphNode], settings: Settings
+) -> Mapping[Hashable, Any]:
+    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    candidates = find_candidates(graph, memo)
     plan = plan_hoists(candidates, settings)
     if not plan:
         return dsk

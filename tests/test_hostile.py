@@ -172,3 +172,22 @@ def test_exceptions_from_reduce(exc):
         return
     expected, got, graph = _run(colls)
     assert got == expected and hoisted_keys(graph) == []
+
+
+class HostileGetattr:
+    """Every attribute lookup that misses raises something odd."""
+
+    def __init__(self) -> None:
+        self.tag = "hostile"
+        self.payload = bytes(100_000)
+
+    def __getattr__(self, name: str):
+        raise RuntimeError(f"no {name} for you")
+
+
+def test_hostile_getattr_is_still_hoisted():
+    obj = HostileGetattr()
+    colls = [delayed(lambda o, i: (o.tag, i))(obj, i) for i in range(N)]
+    expected, got, graph = _run(colls)
+    assert got == expected
+    assert [k.split("-")[1] for k in hoisted_keys(graph)] == ["HostileGetattr"]
