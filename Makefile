@@ -3,7 +3,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # The oldest dask and distributed that pyproject.toml admits: CI tests them too.
 OLDEST_VENV ?= .venv-oldest
-OLDEST_PINS := "dask[array,bag]==2025.5.0" "distributed==2025.5.0"
+OLDEST_PINS := "dask[array,bag,dataframe]==2025.5.0" "distributed==2025.5.0"
 
 .PHONY: demo test test-oldest
 

@@ -14,6 +14,7 @@ from dedupgraph.settings import register_defaults
 register_defaults()
 
 from dedupgraph.activation import disable, enable  # noqa: E402
+from dedupgraph.deduplicate import deduplicate  # noqa: E402
 from dedupgraph.inline import keep_inline  # noqa: E402
 from dedupgraph.optimizer import Deduplicator, dedup, dedup_bag, dedup_delayed  # noqa: E402
 from dedupgraph.settings import Settings  # noqa: E402
@@ -26,6 +27,7 @@ __all__ = [
     "dedup",
     "dedup_bag",
     "dedup_delayed",
+    "deduplicate",
     "disable",
     "enable",
     "keep_inline",

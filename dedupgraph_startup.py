@@ -1,0 +1,101 @@
+"""Startup hook: ``DASK_DEDUPGRAPH__ENABLED=True`` switches the pass on in any Python process.
+
+>>> # DASK_DEDUPGRAPH__ENABLED=True python analysis.py   (no import of dedupgraph needed)
+
+``dedupgraph_startup.pth``, installed next to this module in site-packages,
+runs at interpreter start-up; only when the variable holds a true value
+(``True``, ``true``, ``1``, ``yes``) does it import this module and call
+:func:`install`.  Otherwise nothing is imported at all.
+
+This is deliberately a top-level module that imports neither dask nor
+dedupgraph: importing dask costs a process 0.1 s (0.18 s with dedupgraph,
+measured), which only a program that imports dask itself should pay.  :func:`install`
+waits for that import and then enables the pass, so ``import dask`` (or
+``import dask.array``, or ``from distributed import Client``) is all that a
+program needs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+
+# Only names the interpreter has loaded anyway: importlib.abc alone would
+# pull in importlib.resources and pathlib, 8 ms at every start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import importlib.machinery
+    import types
+    from collections.abc import Sequence
+    from typing import Any
+
+VARIABLE = "DASK_DEDUPGRAPH__ENABLED"
+# The .pth line tests these itself, case-insensitively, so as to import nothing otherwise.
+
+
+def install() -> None:
+    """Enable the pass as soon as dask is imported (at once if it already is)."""
+    if "dask" in sys.modules:
+        activate()
+    elif not any(isinstance(f, _WhenDaskImported) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WhenDaskImported())
+
+
+def activate() -> None:
+    """Enable the pass for arrays, delayed and bags, and guard every new Client.
+
+    Never raises: a broken installation must not break ``import dask``.
+    """
+    try:
+        import dask.config
+
+        import dedupgraph
+
+        dedupgraph.enable()
+        # Every new Client first checks that its scheduler can import
+        # dedupgraph, and switches the pass off (with one warning) if not:
+        # the scheduler unpickles the pass with every graph.
+        preloads = dask.config.get("distributed.client.preload", None) or []
+        if isinstance(preloads, str):
+            preloads = [preloads]
+        if "dedupgraph.preload" not in preloads:
+            dask.config.set({"distributed.client.preload": [*preloads, "dedupgraph.preload"]})
+    except Exception as e:  # noqa: BLE001  (reported, never raised: see above)
+        warnings.warn(f"{VARIABLE} is set, but dedupgraph could not be enabled: {e!r}", RuntimeWarning, stacklevel=2)
+
+
+class _WhenDaskImported:  # an importlib.abc.MetaPathFinder
+    """Finds nothing itself; wraps the loader of ``dask`` to call :func:`activate` after it."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "dask":
+            return None
+        sys.meta_path.remove(self)  # once only; also keeps the look-up below from recursing
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ActivateAfter(spec.loader)
+        return spec
+
+
+class _ActivateAfter:  # an importlib.abc.Loader
+    """A loader that runs the real one, puts it back in place, then activates the pass."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        # importlib.resources and friends must see dask's own loader
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        activate()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)

@@ -1,0 +1,155 @@
+"""DASK_DEDUPGRAPH__ENABLED: the pass switched on in any process, by the installed startup hook.
+
+Every test runs a new interpreter: the hook acts at start-up, and the pass
+must be on without any import of dedupgraph in the program.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import timeit
+from pathlib import Path
+
+import pytest
+
+PTH = "dedupgraph_startup.pth"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def installed_pth() -> Path:
+    path = Path(sysconfig.get_paths()["purelib"]) / PTH
+    if not path.exists():
+        pytest.fail(f"{path} is missing: reinstall the package (pip install -e '.[test]') to install the startup hook")
+    return path
+
+
+def run(code: str, value: str | None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    if value is not None:
+        env["DASK_DEDUPGRAPH__ENABLED"] = value
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env, cwd=REPO.parent, capture_output=True, text=True, timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+SHOW = """
+    import sys
+    import dask
+    print(sorted(k for k in ("dedupgraph", "dedupgraph_startup") if k in sys.modules))
+    for key in ("array_optimize", "delayed_optimize", "bag_optimize"):
+        print(key, type(dask.config.get(key, None)).__name__)
+    print("preload", dask.config.get("distributed.client.preload", None))
+"""
+
+
+def test_the_hook_is_installed_and_matches_the_repository():
+    assert installed_pth().read_text() == (REPO / PTH).read_text()
+
+
+def test_unset_imports_nothing_and_costs_microseconds():
+    done = run("import sys; print([m for m in ('dask', 'dedupgraph', 'dedupgraph_startup') if m in sys.modules])", None)
+    assert done.stdout.strip() == "[]"
+    # the hook's own line, as site runs it at every start-up
+    code = compile(installed_pth().read_text(), PTH, "exec")
+    saved = os.environ.pop("DASK_DEDUPGRAPH__ENABLED", None)
+    try:
+        seconds = timeit.timeit(lambda: exec(code, {}), number=10_000) / 10_000
+    finally:
+        if saved is not None:
+            os.environ["DASK_DEDUPGRAPH__ENABLED"] = saved
+    print(f"startup hook with the variable unset: {seconds * 1e6:.2f} us")
+    assert seconds < 1e-3
+
+
+@pytest.mark.parametrize(
+    "value, first_import",
+    [("True", "import dask"), ("true", "import dask.array"), ("1", "from distributed import Client"), ("yes", "import dask.bag")],
+)
+def test_true_values_switch_the_pass_on_whatever_is_imported_first(value, first_import):
+    done = run(first_import + "\n" + textwrap.dedent(SHOW), value)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "['dedupgraph', 'dedupgraph_startup']"
+    assert lines[1:4] == [
+        "array_optimize Deduplicator",
+        "delayed_optimize Deduplicator",
+        "bag_optimize Deduplicator",
+    ]
+    assert lines[4] == "preload ['dedupgraph.preload']"
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", ""])
+def test_other_values_leave_everything_alone(value):
+    done = run(SHOW, value)
+    assert done.stdout.splitlines()[0] == "[]"
+    assert "Deduplicator" not in done.stdout
+
+
+END_TO_END = """
+    import dask
+    from dask import delayed
+    from dask.base import collections_to_expr
+    from distributed import Client, LocalCluster
+
+    def nth(table, i):
+        return table[i]
+
+    table = bytes(range(256)) * 1000  # 256 KB, in every task
+    tasks = [delayed(nth)(table, i) for i in range(20)]
+    graph = collections_to_expr(tasks).optimize().__dask_graph__()
+    print("hoisted", sorted(str(k).rsplit("-", 1)[0] for k in graph if str(k).startswith("dedup-")))
+    print("local", dask.compute(*tasks, scheduler="sync") == tuple(range(20)))
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
+        futures = c.compute(tasks)
+        print("distributed", c.gather(futures) == list(range(20)))
+        print("on the scheduler", c.run_on_scheduler(
+            lambda dask_scheduler: [str(k).rsplit("-", 1)[0] for k in dask_scheduler.tasks if str(k).startswith("dedup-")]
+        ))
+"""
+
+
+def test_end_to_end_without_importing_dedupgraph():
+    done = run(END_TO_END, "True")
+    assert done.stdout.splitlines() == [
+        "hoisted ['dedup-bytes']",
+        "local True",
+        "distributed True",
+        "on the scheduler ['dedup-bytes']",
+    ], done.stdout
+
+
+def test_a_broken_installation_never_breaks_import_dask():
+    code = """
+        import sys, warnings
+        sys.modules["dedupgraph"] = None  # importing it now fails
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            import dask.array
+        print(type(dask.config.get("array_optimize", None)).__name__)
+        print([str(w.message)[:80] for w in caught if "DASK_DEDUPGRAPH__ENABLED" in str(w.message)])
+    """
+    done = run(code, "True")
+    kind, messages = done.stdout.splitlines()
+    assert kind != "Deduplicator"
+    assert "could not be enabled" in messages
+
+
+@pytest.mark.slow
+def test_a_fresh_virtualenv_install_ships_the_hook(tmp_path):
+    """``pip install`` of the repository into a new venv (needs the package index)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], check=True, timeout=900)
+    env = {"PATH": os.environ.get("PATH", ""), "DASK_DEDUPGRAPH__ENABLED": "yes"}
+    out = subprocess.run(
+        [str(python), "-c", "import dask; print(type(dask.config.get('array_optimize')).__name__)"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert out.stdout.strip() == "Deduplicator"
