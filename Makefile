@@ -20,7 +20,7 @@ $(OLDEST_VENV)/.installed: pyproject.toml Makefile
 
 # The main job: the seed scenario before and after, on a local cluster.
 demo: $(VENV)/.installed
-	$(PY) -m benchmarks.seed
+	$(PY) -m dedupgraph.benchmarks.seed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -18,6 +18,7 @@ program needs.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import warnings
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 VARIABLE = "DASK_DEDUPGRAPH__ENABLED"
 # The .pth line tests these itself, case-insensitively, so as to import nothing otherwise.
+TRUE_VALUES = ("true", "1", "yes")
 
 
 def install() -> None:
@@ -42,11 +44,21 @@ def install() -> None:
         sys.meta_path.insert(0, _WhenDaskImported())
 
 
+def requested() -> bool:
+    """Whether the variable holds a true value (as the ``.pth`` line tests it)."""
+    return os.environ.get(VARIABLE, "").strip().lower() in TRUE_VALUES
+
+
 def activate() -> None:
     """Enable the pass for arrays, delayed and bags, and guard every new Client.
 
     Never raises: a broken installation must not break ``import dask``.
     """
+    module = sys.modules.get("dedupgraph")
+    if module is not None and not hasattr(module, "enable"):
+        # dedupgraph itself is importing dask (a program that imports it first):
+        # half imported, it cannot be enabled yet; it calls activate() itself once it can
+        return
     try:
         import dask.config
 

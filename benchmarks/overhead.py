@@ -1,7 +1,7 @@
 """What the pass adds to dask's own array optimization.
 
-    python -m benchmarks.overhead                        # ~60,000 tasks
-    python -m benchmarks.overhead --tasks 10000 200000 --repeat 5
+    python -m dedupgraph.benchmarks.overhead                        # ~60,000 tasks
+    python -m dedupgraph.benchmarks.overhead --tasks 10000 200000 --repeat 5
 
 The graph is ``(zeros.map_blocks(f, obj) + 1).sum()`` over ``chunks=(1, 10)``,
 sized so that the unoptimized graph has about ``--tasks`` tasks, in three
@@ -33,7 +33,7 @@ import dask.array as da
 import numpy as np
 from dask.array.optimization import optimize
 
-from benchmarks.seed import Mapper
+from .seed import Mapper
 from dedupgraph.optimizer import deduplicate_graph, task_graph
 from dedupgraph.settings import Settings
 
@@ -122,7 +122,7 @@ def markdown(rows: Sequence[Row]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[60_000])
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--repeat", type=int, default=3)

@@ -1,7 +1,7 @@
 """Memory the pass holds beyond the graph itself, at its peak.
 
-    python -m benchmarks.pass_memory                 # 1,000,000 tasks
-    python -m benchmarks.pass_memory --tasks 100000 --distinct
+    python -m dedupgraph.benchmarks.pass_memory                 # 1,000,000 tasks
+    python -m dedupgraph.benchmarks.pass_memory --tasks 100000 --distinct
 
 Builds a graph of ``--tasks`` tasks that all carry one 100 KB object (or, with
 ``--distinct``, equal but distinct copies of it, each pickled once), then
@@ -51,7 +51,7 @@ def measure(tasks: int, distinct: bool) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pass_memory", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.pass_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--distinct", action="store_true", help="equal but distinct objects in every task")
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """The seed scenario, before and after, on a local cluster.
 
-    python -m benchmarks.seed                  # 500 and 4000 chunks (make demo)
-    python -m benchmarks.seed --chunks 400 2400
-    python -m benchmarks.seed --quick
+    python -m dedupgraph.benchmarks.seed                  # 500 and 4000 chunks (make demo)
+    python -m dedupgraph.benchmarks.seed --chunks 400 2400
+    python -m dedupgraph.benchmarks.seed --quick
 
 An object holding a 30,000-row pandas Series (~241 KB pickled) is passed to
 ``map_blocks`` over ``da.zeros((n, 10), chunks=(1, 10))`` and persisted on a
@@ -134,7 +134,7 @@ def run(chunk_counts: Sequence[int], rows: int = SERIES_ROWS, modes: Sequence[st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.seed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, nargs=2, default=(500, 4000), metavar=("FIRST", "SECOND"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     args = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
     dedupgraph bench --quick                  # under two minutes
     dedupgraph bench --output results/        # the full matrix (about an hour)
-    python -m benchmarks.suite --quick
+    dedupgraph bench --collections array --sizes 250KB --chunks 250 --chunks 1000
+    python -m dedupgraph.benchmarks.suite --quick
 
 Every cell persists a collection whose every task uses one object (a ``Mapper``
 holding a pandas Series, sized to ~60 KB, ~250 KB or ~2 MB pickled) on a
@@ -19,13 +20,12 @@ Modes: ``plain`` (dask's default), ``dedup-config``
 ``scatter-broadcast`` (``client.scatter(obj, broadcast=True)``, the best known
 manual fix) and ``delayed-create`` (the object built inside ``dask.delayed``).
 A second part times the pass against dask's own array optimization
-(``benchmarks.overhead``).  Results go to ``--output``: ``cells.csv``,
+(``dedupgraph.benchmarks.overhead``).  Results go to ``--output``: ``cells.csv``,
 ``overhead.csv``, ``memory_samples.csv``, ``results.md`` and three PNG plots.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -49,8 +49,8 @@ from distributed.diagnostics import MemorySampler
 from distributed.protocol.pickle import dumps as distributed_dumps
 
 import dedupgraph
-from benchmarks import overhead
-from benchmarks.seed import Mapper
+from . import overhead
+from .seed import Mapper
 
 MODES = (
     "plain",
@@ -227,7 +227,7 @@ def run_cells(plan: Plan, progress: Callable[[str], None]) -> tuple[list[Cell], 
     cells: list[Cell] = []
     work = [(c, s) for c in plan.collections for s in plan.sizes]
     modes = [m for m in plan.modes if mode_available(m)]
-    done, total_cells = 0, len(modes) * len(work)
+    done, total_cells, begun = 0, len(modes) * len(work), time.perf_counter()
     for mode in modes:
         with cluster() as client:
             for collection, size in work:
@@ -236,11 +236,21 @@ def run_cells(plan: Plan, progress: Callable[[str], None]) -> tuple[list[Cell], 
                     client.restart()
                 cells += measure_cells(mode, collection, size, plan, client, sampler)
                 done += 1
-                progress(f"[{done}/{total_cells}] {mode:22} {collection:9} {size:6} {time.perf_counter() - started:5.1f}s")
+                elapsed = time.perf_counter() - begun
+                left = elapsed / done * (total_cells - done)
+                progress(
+                    f"[{done}/{total_cells}] {mode:22} {collection:9} {size:6} {time.perf_counter() - started:6.1f}s"
+                    f"   elapsed {_clock(elapsed)}, about {_clock(left)} left"
+                )
     for mode in plan.modes:
         if not mode_available(mode):
             progress(f"mode {mode}: dedupgraph.deduplicate is not available in this version; skipped")
     return cells, sampler
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def check_results(cells: Sequence[Cell]) -> None:
@@ -363,12 +373,10 @@ def environment() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dedupgraph bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
-    parser.add_argument("--output", type=Path, default=Path("results"), help="folder for results (default: results)")
-    args = parser.parse_args(argv)
-    report = run(QUICK if args.quick else FULL, args.output, lambda line: print(line, file=sys.stderr, flush=True))
-    print(report.read_text())
+    """``python -m dedupgraph.benchmarks.suite``: the ``dedupgraph bench`` command."""
+    from dedupgraph.cli import bench
+
+    bench.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="dedupgraph bench")
 
 
 if __name__ == "__main__":

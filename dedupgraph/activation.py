@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import dask.config
@@ -57,3 +58,34 @@ def disable() -> dask.config.set:
         if isinstance(current, Deduplicator):
             restored[key] = current.base
     return dask.config.set(restored)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where the pass is on in this process, and what switched it on.
+
+    >>> with enable():
+    ...     status()
+    Status(on=('array', 'delayed', 'bag'), routes=('config',), preload=False, environment_failed=False)
+    """
+
+    on: tuple[str, ...]  #: collections whose optimizer is a dedupgraph pass
+    routes: tuple[str, ...]  #: "environment", "config"
+    preload: bool  #: whether ``dedupgraph.preload`` is a client preload (switches it on at each Client)
+    environment_failed: bool  #: DASK_DEDUPGRAPH__ENABLED is true, yet the pass is off
+
+
+def status() -> Status:
+    """The activation of the pass in this process, for ``dedupgraph info``."""
+    from dedupgraph_startup import requested
+
+    on = tuple(
+        key.removesuffix("_optimize")
+        for key in OPTIMIZER_KEYS
+        if isinstance(dask.config.get(key, None), Deduplicator)
+    )
+    from_environment = requested()
+    preloads = dask.config.get("distributed.client.preload", None) or []
+    preload = "dedupgraph.preload" in ([preloads] if isinstance(preloads, str) else preloads)
+    routes = () if not on else ("environment",) if from_environment else ("config",)
+    return Status(on, routes, preload, environment_failed=from_environment and not on)

@@ -23,17 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from dask.base import unpack_collections
 from dask.core import flatten
-from dask.utils import format_bytes
 
 from dedupgraph.compat import MISSING_INTERNALS
-from dedupgraph.optimizer import Deduplicator, task_graph
+from dedupgraph.optimizer import Deduplicator, log_line, recorded_from, task_graph
 from dedupgraph.settings import Settings
 
 if TYPE_CHECKING:
     from dask._task_spec import GraphNode
     from distributed import Client
-
-    from dedupgraph.plan import Plan
 
     Graph = dict[Hashable, GraphNode]
 
@@ -75,7 +72,7 @@ def deduplicate(
         )
         return args
     target = _resolve_client(client)
-    graph, rebuilders = _materialized(collections)
+    graph, rebuilders = materialize(collections)
     rewritten = _deduplicated(graph, chosen, target, broadcast)
     return repack([rebuild(rewritten) for rebuild in rebuilders])
 
@@ -120,10 +117,11 @@ def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broad
     from dedupgraph.plan import plan_hoists
     from dedupgraph.rewrite import rewrite_graph
 
-    candidates = find_candidates(graph, FingerprintMemo(settings.min_bytes, frozenset(settings.exclude)))
+    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings))
     plan = plan_hoists(candidates, settings)
     if plan:
-        _log(plan, settings.dry_run)
+        logger.info("deduplicate: %s", log_line(plan, settings.dry_run))
     if not plan or settings.dry_run:
         return Rewritten(graph, graph)
     if client is None:
@@ -144,25 +142,18 @@ def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broad
     return Rewritten(holding, referring, {ref.key: ref for ref in refs.values()})
 
 
-def _log(plan: Plan, dry_run: bool) -> None:
-    hoists = plan.hoists.values()
-    logger.info(
-        "deduplicate: %s %d object(s) (%s) shared by %d tasks",
-        "would hoist" if dry_run else "hoisting",
-        len(hoists),
-        format_bytes(sum(h.fingerprint.nbytes for h in hoists)),
-        len({t for h in hoists for t in h.tasks}),
-    )
-
-
 # --- materialize, then rebuild: how dask.optimize does it, one graph for all
 
 
 Rebuild = Callable[[Rewritten], Any]  # Rewritten -> a collection
 
 
-def _materialized(collections: list[Any]) -> tuple[Graph, list[Rebuild]]:
-    """One optimized graph for all ``collections``, and per collection a function of it."""
+def materialize(collections: list[Any]) -> tuple[Graph, list[Rebuild]]:
+    """One optimized graph for all ``collections``, and per collection a function of it.
+
+    The graph is what computing them would run, before the pass: each
+    collection's own optimization (culling, fusion), the pass itself excepted.
+    """
     from dask._expr import Expr
 
     graph: dict[Hashable, Any] = {}

@@ -60,6 +60,20 @@ def is_kept_inline(obj: Any) -> bool:
         return False
 
 
+def type_is_excluded(typ: type, exclude: frozenset[str]) -> bool:
+    """Whether ``typ`` or one of its bases is named in ``exclude`` (``"module.QualName"``).
+
+    >>> type_is_excluded(bool, frozenset({"builtins.int"}))
+    True
+    """
+    return any(f"{t.__module__}.{t.__qualname__}" in exclude for t in typ.__mro__)
+
+
+def is_excluded(value: Any, exclude: frozenset[str]) -> bool:
+    """Whether the settings keep ``value`` inline: its type is excluded, or it is marked."""
+    return type_is_excluded(type(value), exclude) or is_kept_inline(value)
+
+
 class FingerprintMemo:
     """Fingerprints values once each, by identity, for the length of one pass.
 
@@ -71,6 +85,9 @@ class FingerprintMemo:
     they share one: a hash collision gets a digest of its own.  Not shared
     between passes: each pass builds its own memo, so concurrent passes in the
     scheduler's threads never touch each other's state.
+
+    ``judge_exclusions=False`` fingerprints excluded and marked objects too (a
+    report shows their size; the pass never sees their fingerprint).
     """
 
     def __init__(
@@ -78,10 +95,12 @@ class FingerprintMemo:
         min_bytes: int,
         exclude: frozenset[str] = frozenset(),
         hasher: Callable[[bytes], Any] = xxhash.xxh3_128,
+        judge_exclusions: bool = True,
     ) -> None:
         self.min_bytes = min_bytes
         self.exclude = exclude
         self.hasher = hasher
+        self.judge_exclusions = judge_exclusions
         self.pickled = 0
         # id -> (value, fingerprint, reason); holding the value keeps its id from being reused
         self._seen: dict[int, tuple[Any, Fingerprint | None, str | None]] = {}
@@ -96,7 +115,7 @@ class FingerprintMemo:
             return found[1]
         if is_obviously_small(value, self.min_bytes):
             return None
-        reason = EXCLUDED if self._kept_inline(value) else None
+        reason = EXCLUDED if self.judge_exclusions and self._kept_inline(value) else None
         fp = None if reason else self._pickled_fingerprint(value)
         if fp is None and reason is None:
             reason = UNPICKLABLE
@@ -122,8 +141,7 @@ class FingerprintMemo:
         typ = type(value)
         excluded = self._excluded_types.get(typ)
         if excluded is None:
-            names = {f"{t.__module__}.{t.__qualname__}" for t in typ.__mro__}
-            excluded = self._excluded_types[typ] = bool(names & self.exclude)
+            excluded = self._excluded_types[typ] = type_is_excluded(typ, self.exclude)
         if excluded:
             logger.debug("left %s inline: its type is in dedupgraph.exclude", typ.__name__)
             return True

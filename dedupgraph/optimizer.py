@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 import dask
-from dask.utils import ensure_dict, format_bytes
+from dask.utils import ensure_dict
 
 from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.settings import Settings
@@ -31,7 +31,7 @@ if not MISSING_INTERNALS:  # without them the stages cannot even be imported: th
 
     from dedupgraph.candidates import find_candidates
     from dedupgraph.fingerprint import FingerprintMemo
-    from dedupgraph.plan import Plan, plan_hoists
+    from dedupgraph.plan import NOTABLE_BYTES, Plan, plan_hoists
     from dedupgraph.rewrite import rewrite_graph
 
 logger = logging.getLogger("dedupgraph")
@@ -56,14 +56,30 @@ def _deduplicated(
     dsk: Mapping[Hashable, Any], graph: dict[Hashable, GraphNode], settings: Settings
 ) -> Mapping[Hashable, Any]:
     memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
-    candidates = find_candidates(graph, memo)
+    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings))
     plan = plan_hoists(candidates, settings)
     if not plan:
         return dsk
-    _log_plan(plan, dry_run=settings.dry_run)
+    logger.info(log_line(plan, settings.dry_run))
     if settings.dry_run:
         return dsk
     return rewrite_graph(graph, plan, candidates)
+
+
+def log_line(plan: Plan, dry_run: bool) -> str:
+    """The INFO line of a pass that hoisted something (or, in a dry run, would have)."""
+    return f"dry run: {plan.summary().message(would=True)}" if dry_run else plan.summary().message()
+
+
+def recorded_from(settings: Settings) -> int:
+    """The smallest content stage 1 records: ``min_bytes``, or less when DEBUG logs want it.
+
+    At DEBUG, stage 2 names every notable content it leaves inline, the ones
+    below ``min_bytes`` included; otherwise recording them would be wasted work.
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        return min(NOTABLE_BYTES, settings.min_bytes)
+    return settings.min_bytes
 
 
 # Below this many tasks the cyclic garbage collector costs the pass nothing worth avoiding.
@@ -99,22 +115,6 @@ def task_graph(dsk: Mapping[Hashable, Any]) -> dict[Hashable, GraphNode]:
     return convert_legacy_graph(graph)
 
 
-def _log_plan(plan: Plan, dry_run: bool) -> None:
-    hoists = list(plan.hoists.values())
-    labels = ", ".join(sorted({h.fingerprint.label for h in hoists}))
-    logger.info(
-        "%s %d object%s (%s, %s) shared by %d tasks; %s of task payload %s",
-        "dry run: would hoist" if dry_run else "hoisted",
-        len(hoists),
-        "" if len(hoists) == 1 else "s",
-        format_bytes(sum(h.fingerprint.nbytes for h in hoists)),
-        labels,
-        len({t for h in hoists for t in h.tasks}),
-        format_bytes(sum(h.saved_bytes for h in hoists)),
-        "would be saved" if dry_run else "saved",
-    )
-
-
 class Deduplicator:
     """A dask optimizer: runs ``base``, then hoists repeated large objects into shared keys.
 
@@ -122,7 +122,7 @@ class Deduplicator:
     >>> from dask.array.optimization import optimize
     >>> opt = Deduplicator(base=optimize, min_bytes="1 MiB")
     >>> opt
-    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=())
+    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760)
     >>> with dask.config.set(array_optimize=opt):
     ...     pass
 

@@ -1,7 +1,7 @@
 """Settings of the pass: one frozen dataclass, read from ``dask.config``.
 
 >>> Settings.from_config(min_bytes="1 MiB")
-Settings(min_bytes=1048576, min_count=2, dry_run=False, exclude=())
+Settings(min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760)
 
 Defaults live in ``dedupgraph.yaml`` and are registered with dask's config on
 import, so ``DASK_DEDUPGRAPH__MIN_BYTES=1MiB`` in the environment and
@@ -35,22 +35,27 @@ class Settings:
     """What the pass hoists.
 
     >>> Settings(min_bytes=1024, min_count=3)
-    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=())
+    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760)
 
     ``min_bytes``: pickled size from which a repeated object is hoisted.
     ``min_count``: how many tasks must carry the same content.
     ``dry_run``: plan and log what would be hoisted, but leave the graph unchanged.
     ``exclude``: fully qualified type names (``"mypackage.Model"``) never hoisted.
+    ``hint_bytes``: while the pass is off, duplicated payload in one graph from
+    which a hint to switch it on is logged (once per process); None: never.
     """
 
     min_bytes: int = 64 * 1024
     min_count: int = 2
     dry_run: bool = False
     exclude: tuple[str, ...] = ()
+    hint_bytes: int | None = 10 * 2**20
 
     def __post_init__(self) -> None:
         _check_int("min-bytes", self.min_bytes, minimum=0)
         _check_int("min-count", self.min_count, minimum=1)
+        if self.hint_bytes is not None:
+            _check_int("hint-bytes", self.hint_bytes, minimum=0)
         if not isinstance(self.dry_run, bool):
             raise ValueError(f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
         if not isinstance(self.exclude, tuple) or not all(
@@ -83,8 +88,8 @@ class Settings:
     def as_config(self) -> dict[str, Any]:
         """These settings as a ``dask.config.set`` mapping.
 
-        >>> Settings(min_bytes=10).as_config()
-        {'dedupgraph.min-bytes': 10, 'dedupgraph.min-count': 2, 'dedupgraph.dry-run': False, 'dedupgraph.exclude': ()}
+        >>> Settings(min_bytes=10, hint_bytes=None).as_config()
+        {'dedupgraph.min-bytes': 10, 'dedupgraph.min-count': 2, 'dedupgraph.dry-run': False, 'dedupgraph.exclude': (), 'dedupgraph.hint-bytes': None}
         """
         return {
             f"{CONFIG_KEY}.{field.name.replace('_', '-')}": getattr(self, field.name)
@@ -93,9 +98,9 @@ class Settings:
 
 
 _FIELDS = {field.name for field in dataclasses.fields(Settings)}
-# Config keys under ``dedupgraph.`` that are not settings of the pass itself:
-# read by the activation hook and the disabled-pass hint, validated there.
-NON_PASS_KEYS = frozenset({"enabled", "hint-bytes"})
+# Config keys under ``dedupgraph.`` that are not settings: ``enabled`` is read
+# from the environment by the startup hook (dedupgraph_startup), nowhere else.
+NON_PASS_KEYS = frozenset({"enabled"})
 
 
 def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
@@ -110,8 +115,10 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             raise ValueError(
                 f"unknown dedupgraph setting {name!r} (from {origin}); known settings: {known}"
             )
-        if field == "min_bytes" and isinstance(value, str):
-            value = _parse_byte_string(value)
+        if field in _BYTE_FIELDS and isinstance(value, str):
+            value = _parse_byte_string(_BYTE_FIELDS[field], value)
+        if field == "hint_bytes" and value is False:
+            value = None  # DASK_DEDUPGRAPH__HINT_BYTES=False switches the hint off
         if field == "dry_run" and isinstance(value, str):
             value = _parse_bool_string(value)
         if field == "exclude":
@@ -123,12 +130,17 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
     return out
 
 
-def _parse_byte_string(text: str) -> int:
+_BYTE_FIELDS = {"min_bytes": "min-bytes", "hint_bytes": "hint-bytes"}
+
+
+def _parse_byte_string(name: str, text: str) -> int | None:
+    if name == "hint-bytes" and text.strip().lower() in ("none", "false", "off", "never"):
+        return None
     try:
         return int(parse_bytes(text))
     except (ValueError, TypeError) as e:
         raise ValueError(
-            f"dedupgraph setting 'min-bytes' must be a number of bytes or a byte "
+            f"dedupgraph setting {name!r} must be a number of bytes or a byte "
             f"string like '64 KiB', got {text!r}"
         ) from e
 

@@ -61,6 +61,15 @@ SUBGRAPH = "fused subgraph"  # anywhere inside the inner tasks of a fused task
 SUBGRAPH_INPUT = "fused subgraph input"  # an inline input of a fused task
 
 
+def inside_container(where: str | None) -> str:
+    """The position of what a container holds, the container being at ``where``.
+
+    >>> inside_container(ARGUMENT), inside_container(SUBGRAPH)
+    ('container', 'fused subgraph')
+    """
+    return CONTAINER if where in (None, ARGUMENT, KEYWORD) else where
+
+
 # Values that can never hold a large object: skipped before any call.
 _NOTHING_INSIDE = frozenset({int, float, bool, type(None), complex, slice, range, TaskRef, Alias})
 
@@ -87,7 +96,7 @@ def walk_leaves(node: GraphNode, visit: Visit, skip: Container[int] = frozenset(
         task, where = stack.pop()
         typ = type(task)
         if typ is not Task and is_container_task_type(typ):
-            _walk_values(task.args, where or CONTAINER, visit, skip, stack)
+            _walk_values(task.args, inside_container(where), visit, skip, stack)
         elif task.func is _execute_subgraph:
             for inner in task.args[0].values():
                 if isinstance(inner, Task):
@@ -122,8 +131,7 @@ def _walk_values(
         elif isinstance(value, TaskRef):
             continue
         elif typ in _PLAIN_CONTAINERS and len(value) <= SMALL_CONTAINER_LEN:
-            inner_where = CONTAINER if where in (ARGUMENT, KEYWORD) else where
-            _walk_values(value.values() if typ is dict else value, inner_where, visit, skip, stack)
+            _walk_values(value.values() if typ is dict else value, inside_container(where), visit, skip, stack)
         else:
             visit(value, where)
 
@@ -203,13 +211,13 @@ class TaskTransformer:
         return DataNode(node.key, new)
 
     def visit_container_task(self, task: NestedContainer, where: str | None) -> GraphNode:
-        args = self._visit_tuple(task.args, where or CONTAINER)
+        args = self._visit_tuple(task.args, inside_container(where))
         if args is task.args:
             return task
         return _container_task(type(task), args)
 
     def visit_plain_container(self, value: list | tuple | dict | set, where: str) -> Any:
-        inner_where = CONTAINER if where in (ARGUMENT, KEYWORD) else where
+        inner_where = inside_container(where)
         if isinstance(value, dict):
             old_values = tuple(value.values())
             new_values = self._visit_tuple(old_values, inner_where)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Hashable
 from typing import Any
 
 import cloudpickle
 import dask
-from dask.base import collections_to_expr
+import dask.array as da
+import dask.bag as db
 import pandas as pd
+from dask import delayed
+from dask.base import collections_to_expr
 
 from dedupgraph.optimizer import task_graph
 
@@ -102,3 +106,62 @@ def payload(graph: dict[Hashable, Any]) -> tuple[int, int]:
 
 def hoisted_keys(graph: dict[Hashable, Any]) -> list[str]:
     return sorted(k for k in graph if isinstance(k, str) and k.startswith("dedup-"))
+
+
+# --- every position a user's object can take, each case a collection whose tasks embed ``m``
+
+N_CHUNKS = 12
+
+
+def _arr():
+    return da.arange(N_CHUNKS * 2, chunks=2)
+
+
+def _closure(m):
+    def add_len(block):
+        return block + len(m.s)
+
+    return add_len
+
+
+def _inc(x):
+    return x + 1
+
+
+# Each case builds a collection whose every task embeds the object ``m``.
+CASES = {
+    "map_blocks-arg": lambda m: _arr().map_blocks(uses_mapper, m),
+    "map_blocks-kwarg": lambda m: _arr().map_blocks(uses_mapper, mapper=m, offset=1),
+    "bound-method-fused": lambda m: (_arr().map_blocks(m.method) + 1).sum(),
+    "callable-instance": lambda m: _arr().map_blocks(m),
+    "partial": lambda m: _arr().map_blocks(functools.partial(uses_mapper, mapper=m)),
+    "closure": lambda m: _arr().map_blocks(_closure(m)),
+    "delayed-arg": lambda m: [delayed(uses_mapper)(i, m) for i in range(N_CHUNKS)],
+    "delayed-kwarg": lambda m: [delayed(uses_kw)(i, mapper=m) for i in range(N_CHUNKS)],
+    "delayed-method": lambda m: [delayed(m.method)(i) for i in range(N_CHUNKS)],
+    "delayed-plain-list": lambda m: [delayed(sum_sizes)([m, i]) for i in range(N_CHUNKS)],
+    "delayed-plain-dict": lambda m: [delayed(sum_sizes)({"m": m, "i": i}) for i in range(N_CHUNKS)],
+    "delayed-List-task": lambda m: [
+        delayed(sum_sizes)([delayed(_inc)(i), m]) for i in range(N_CHUNKS)
+    ],
+    "delayed-Dict-task": lambda m: [
+        delayed(sum_sizes)({"x": delayed(_inc)(i), "m": m}) for i in range(N_CHUNKS)
+    ],
+    "delayed-Tuple-task": lambda m: [
+        delayed(sum_sizes)((delayed(_inc)(i), (m, 2))) for i in range(N_CHUNKS)
+    ],
+    "delayed-Set-task": lambda m: [
+        delayed(sum_sizes)({delayed(_inc)(i), m}) for i in range(N_CHUNKS)
+    ],
+    "delayed-equal-copies": lambda m: [
+        delayed(uses_mapper)(i, Mapper()) for i in range(N_CHUNKS)
+    ],
+    "bag-map": lambda m: db.from_sequence(range(N_CHUNKS * 3), npartitions=N_CHUNKS).map(
+        uses_mapper, m
+    ),
+    "bag-map-partitions-sum": lambda m: db.from_sequence(
+        range(N_CHUNKS * 3), npartitions=N_CHUNKS
+    )
+    .map_partitions(lambda part, mm: [len(mm.s) + p for p in part], m)
+    .sum(),
+}

@@ -313,6 +313,9 @@ ARRAY_EXPR_SCRIPT = textwrap.dedent(
     graph = task_graph(dict(local.__dask_graph__()))
     assert [k for k in graph if str(k).startswith("dedup-Mapper-")], list(graph)
     np.testing.assert_array_equal(local.compute(scheduler="sync"), expected)
+    from dedupgraph import inspect
+    [row] = [r for r in inspect(x).rows if r.label == "Mapper"]
+    assert row.hoisted and row.tasks == 10, row
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as lc, Client(lc) as c:
         (remote,) = deduplicate(x, client=c)
         assert [k for k in c.futures if str(k).startswith("dedup-Mapper-")]

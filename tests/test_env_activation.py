@@ -70,7 +70,14 @@ def test_unset_imports_nothing_and_costs_microseconds():
 
 @pytest.mark.parametrize(
     "value, first_import",
-    [("True", "import dask"), ("true", "import dask.array"), ("1", "from distributed import Client"), ("yes", "import dask.bag")],
+    [
+        ("True", "import dask"),
+        ("true", "import dask.array"),
+        ("1", "from distributed import Client"),
+        ("yes", "import dask.bag"),
+        ("True", "import dedupgraph"),  # dedupgraph imports dask itself, halfway through its own import
+        ("True", "import dedupgraph.cli"),
+    ],
 )
 def test_true_values_switch_the_pass_on_whatever_is_imported_first(value, first_import):
     done = run(first_import + "\n" + textwrap.dedent(SHOW), value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import subprocess
 import sys
@@ -11,8 +10,6 @@ import multiprocessing
 
 import cloudpickle
 import dask
-import dask.array as da
-import dask.bag as db
 import numpy as np
 import pytest
 from dask import delayed
@@ -22,73 +19,19 @@ from dedupgraph.optimizer import deduplicate_graph, task_graph
 from dedupgraph.settings import Settings
 
 from payloads import (
+    CASES,
+    N_CHUNKS,
     ExplodingPickle,
     Mapper,
     Unpicklable,
+    _arr,
+    _inc,
     hoisted_keys,
     optimized_graph,
     payload,
     sum_sizes,
-    uses_kw,
     uses_mapper,
 )
-
-N_CHUNKS = 12
-
-
-def _arr():
-    return da.arange(N_CHUNKS * 2, chunks=2)
-
-
-def _closure(m):
-    def add_len(block):
-        return block + len(m.s)
-
-    return add_len
-
-
-def _inc(x):
-    return x + 1
-
-
-# Each case builds a collection whose every task embeds the object ``m``.
-CASES = {
-    "map_blocks-arg": lambda m: _arr().map_blocks(uses_mapper, m),
-    "map_blocks-kwarg": lambda m: _arr().map_blocks(uses_mapper, mapper=m, offset=1),
-    "bound-method-fused": lambda m: (_arr().map_blocks(m.method) + 1).sum(),
-    "callable-instance": lambda m: _arr().map_blocks(m),
-    "partial": lambda m: _arr().map_blocks(functools.partial(uses_mapper, mapper=m)),
-    "closure": lambda m: _arr().map_blocks(_closure(m)),
-    "delayed-arg": lambda m: [delayed(uses_mapper)(i, m) for i in range(N_CHUNKS)],
-    "delayed-kwarg": lambda m: [delayed(uses_kw)(i, mapper=m) for i in range(N_CHUNKS)],
-    "delayed-method": lambda m: [delayed(m.method)(i) for i in range(N_CHUNKS)],
-    "delayed-plain-list": lambda m: [delayed(sum_sizes)([m, i]) for i in range(N_CHUNKS)],
-    "delayed-plain-dict": lambda m: [delayed(sum_sizes)({"m": m, "i": i}) for i in range(N_CHUNKS)],
-    "delayed-List-task": lambda m: [
-        delayed(sum_sizes)([delayed(_inc)(i), m]) for i in range(N_CHUNKS)
-    ],
-    "delayed-Dict-task": lambda m: [
-        delayed(sum_sizes)({"x": delayed(_inc)(i), "m": m}) for i in range(N_CHUNKS)
-    ],
-    "delayed-Tuple-task": lambda m: [
-        delayed(sum_sizes)((delayed(_inc)(i), (m, 2))) for i in range(N_CHUNKS)
-    ],
-    "delayed-Set-task": lambda m: [
-        delayed(sum_sizes)({delayed(_inc)(i), m}) for i in range(N_CHUNKS)
-    ],
-    "delayed-equal-copies": lambda m: [
-        delayed(uses_mapper)(i, Mapper()) for i in range(N_CHUNKS)
-    ],
-    "bag-map": lambda m: db.from_sequence(range(N_CHUNKS * 3), npartitions=N_CHUNKS).map(
-        uses_mapper, m
-    ),
-    "bag-map-partitions-sum": lambda m: db.from_sequence(
-        range(N_CHUNKS * 3), npartitions=N_CHUNKS
-    )
-    .map_partitions(lambda part, mm: [len(mm.s) + p for p in part], m)
-    .sum(),
-}
-
 
 @pytest.fixture(scope="module")
 def process_pool():
@@ -149,8 +92,7 @@ def test_hoisted_key_names_type_and_content():
 def test_same_content_gives_same_key_across_processes():
     script = (
         "import sys; sys.path.insert(0, 'tests');"
-        "import dedupgraph; from payloads import Mapper, optimized_graph, hoisted_keys;"
-        "from test_optimizer import CASES;"
+        "import dedupgraph; from payloads import CASES, Mapper, optimized_graph, hoisted_keys;"
         "ctx = dedupgraph.enable(); print(hoisted_keys(optimized_graph(CASES['delayed-arg'](Mapper()))))"
     )
     outs = {

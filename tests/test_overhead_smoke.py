@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dedupgraph
-from benchmarks.overhead import SCENARIOS, build, measure
+from dedupgraph.benchmarks.overhead import SCENARIOS, build, measure
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -30,7 +30,7 @@ def test_results_with_and_without_the_pass_agree(scenario):
 
 def test_command_line_prints_a_row_per_scenario():
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.overhead", "--tasks", "500", "--repeat", "1"],
+        [sys.executable, "-m", "dedupgraph.benchmarks.overhead", "--tasks", "500", "--repeat", "1"],
         capture_output=True,
         text=True,
         check=True,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.seed import MODES, measure_mode
+from dedupgraph.benchmarks.seed import MODES, measure_mode
 
 CHUNKS = (400, 2400)
 
@@ -40,7 +40,7 @@ def test_dedup_grows_at_least_8x_less_than_plain(rows):
 
 def test_smoke_run_prints_every_mode():
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.seed", "--quick"],
+        [sys.executable, "-m", "dedupgraph.benchmarks.seed", "--quick"],
         capture_output=True,
         text=True,
         check=True,

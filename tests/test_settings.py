@@ -26,10 +26,25 @@ def test_config_and_overrides():
 
 
 def test_environment_variables_override_defaults():
-    env = {**os.environ, "DASK_DEDUPGRAPH__MIN_BYTES": "1 MiB", "DASK_DEDUPGRAPH__MIN_COUNT": "3", "DASK_DEDUPGRAPH__DRY_RUN": "true"}
+    env = {
+        **os.environ,
+        "DASK_DEDUPGRAPH__MIN_BYTES": "1 MiB",
+        "DASK_DEDUPGRAPH__MIN_COUNT": "3",
+        "DASK_DEDUPGRAPH__DRY_RUN": "true",
+        "DASK_DEDUPGRAPH__HINT_BYTES": "1 GiB",
+    }
     code = "import dedupgraph; print(dedupgraph.Settings.from_config())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=())"
+    assert out.stdout.strip() == (
+        "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=(), hint_bytes=1073741824)"
+    )
+
+
+@pytest.mark.parametrize("off", [None, False, "None", "false", "off"])
+def test_hint_bytes_can_be_switched_off(off):
+    with dask.config.set({"dedupgraph.hint-bytes": off}):
+        assert Settings.from_config().hint_bytes is None
+    assert Settings.from_config(hint_bytes="2 MiB").hint_bytes == 2 * 2**20
 
 
 @pytest.mark.parametrize(
@@ -45,6 +60,9 @@ def test_environment_variables_override_defaults():
         ({"min_bites": 5}, "min_bites"),
         ({"dry_run": "maybe"}, "dry-run"),
         ({"dry_run": 1}, "dry-run"),
+        ({"hint_bytes": "much"}, "hint-bytes"),
+        ({"hint_bytes": -5}, "hint-bytes"),
+        ({"hint_bytes": True}, "hint-bytes"),
     ],
 )
 def test_invalid_settings_name_the_setting(settings, name):

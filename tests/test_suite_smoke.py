@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from benchmarks.suite import COLLECTIONS, MODES, SMOKE, run
+from dedupgraph.benchmarks.suite import COLLECTIONS, MODES, SMOKE, run
 
 
 def test_smallest_suite_writes_table_csv_and_plots(tmp_path):

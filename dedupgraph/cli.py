@@ -1,0 +1,139 @@
+"""The command line: ``dedupgraph info``, ``dedupgraph inspect script.py``, ``dedupgraph bench``.
+
+    dedupgraph info                          # versions, activation, settings
+    dedupgraph inspect analysis.py --day 3   # run it in dry-run mode, report every graph
+    dedupgraph bench --quick                 # the benchmark suite, small
+    dask dedupgraph info                     # the same commands through dask's CLI
+
+``cli`` is a click group, which is what dask's ``dask_cli`` entry points
+must be; ``main`` is the ``dedupgraph`` console script.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group(name="dedupgraph")
+@click.version_option(package_name="dedupgraph", prog_name="dedupgraph")
+def cli() -> None:
+    """dedupgraph: find and hoist the large objects dask copies into every task."""
+
+
+@cli.command()
+def info() -> None:
+    """Versions, whether the pass is on in this process and by which route, and the settings."""
+    click.echo(info_text())
+
+
+def info_text() -> str:
+    """What ``dedupgraph info`` prints, for this process."""
+    import dask
+    import distributed
+    from dask.utils import format_bytes
+
+    import dedupgraph
+    from dedupgraph.activation import status
+    from dedupgraph.compat import MISSING_INTERNALS
+
+    st = status()
+    lines = [
+        f"dedupgraph {dedupgraph.__version__}",
+        f"dask {dask.__version__}, distributed {distributed.__version__}, "
+        f"Python {platform.python_version()} ({sys.executable})",
+    ]
+    if MISSING_INTERNALS:
+        lines.append(f"unsupported dask: lacks {', '.join(MISSING_INTERNALS)}; the pass stays off")
+    if st.on:
+        route = {
+            "environment": "environment (DASK_DEDUPGRAPH__ENABLED)",
+            "config": "dask config (dedupgraph.enable() or dask.config.set(array_optimize=dedupgraph.dedup))",
+        }[st.routes[0]]
+        lines.append(f"pass: on for {', '.join(st.on)}, by {route}")
+    elif st.environment_failed:
+        lines.append(
+            "pass: off, although DASK_DEDUPGRAPH__ENABLED is set: the startup hook did not run "
+            "(dedupgraph not installed with pip in this environment, or python -S)"
+        )
+    else:
+        lines.append("pass: off (switch it on with dedupgraph.enable() or DASK_DEDUPGRAPH__ENABLED=True)")
+    if st.preload:
+        lines.append(
+            "client preload: dedupgraph.preload, which switches the pass on at each new Client "
+            "whose scheduler can import dedupgraph"
+        )
+    try:
+        settings = dedupgraph.Settings.from_config()
+    except ValueError as e:
+        lines.append(f"settings: invalid: {e}")
+        return "\n".join(lines)
+    lines += [
+        "settings (dask config dedupgraph.*, DASK_DEDUPGRAPH__* variables):",
+        f"  min-bytes   {format_bytes(settings.min_bytes)} ({settings.min_bytes})",
+        f"  min-count   {settings.min_count}",
+        f"  dry-run     {settings.dry_run}",
+        f"  exclude     {', '.join(settings.exclude) or '(none)'}",
+        f"  hint-bytes  {'off' if settings.hint_bytes is None else format_bytes(settings.hint_bytes)}",
+    ]
+    return "\n".join(lines)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-v", "--verbose", count=True, help="Show dedupgraph's log: -v INFO, -vv DEBUG (every object left inline).")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
+    """Run SCRIPT (with ARGS) in dry-run mode and report each graph it computes.
+
+    Results are those of the script without dedupgraph; the exit status is the script's.
+    """
+    from dedupgraph.script import inspect_script
+
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+        logger = logging.getLogger("dedupgraph")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    computed, status = inspect_script(script, args)
+    sys.stdout.flush()
+    if not computed:
+        click.echo(f"\ndedupgraph inspect: {script.name} computed no dask collections.")
+    else:
+        n = len(computed)
+        click.echo(f"\ndedupgraph inspect: {script.name} computed {n} graph{'' if n == 1 else 's'} (dry run: nothing changed)")
+    for index, c in enumerate(computed, 1):
+        click.echo(f"\ngraph {index} of {len(computed)}, computed at {c.where}\n{c.report}")
+    sys.exit(status)
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Small sizes: under two minutes.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True, help="Folder for the table, CSVs and plots.")
+@click.option("--collections", multiple=True, type=click.Choice(["array", "delayed", "bag", "dataframe"]), help="Only these (repeatable).")
+@click.option("--sizes", multiple=True, type=click.Choice(["60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable).")
+@click.option("--chunks", multiple=True, type=click.IntRange(min=1), help="Chunk counts instead of the plan's (repeatable).")
+def bench(quick: bool, output: Path, collections: tuple[str, ...], sizes: tuple[str, ...], chunks: tuple[int, ...]) -> None:
+    """Compare plain dask, dedupgraph and the manual fixes: memory, time and payload, with plots."""
+    import dataclasses
+
+    from dedupgraph.benchmarks import suite
+
+    plan = suite.QUICK if quick else suite.FULL
+    overrides = {"collections": collections, "sizes": sizes, "chunks": tuple(sorted(set(chunks)))}
+    plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v})
+    if len(plan.chunks) < 2:
+        raise click.BadParameter("give at least two chunk counts: growth per chunk is measured between them", param_hint="--chunks")
+    report = suite.run(plan, output, lambda line: click.echo(line, err=True))
+    click.echo(report.read_text())
+    click.echo(f"written to {output}/")
+
+
+def main() -> None:
+    """The ``dedupgraph`` console script."""
+    cli()

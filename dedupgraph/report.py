@@ -1,0 +1,267 @@
+"""What is duplicated in a graph, and what the pass would do about it, without changing anything.
+
+>>> import dask, dedupgraph
+>>> table = bytes(range(256)) * 400  # 100 KiB, carried by each task
+>>> report = dedupgraph.inspect([dask.delayed(bytes.count)(table, i) for i in range(3)])
+>>> print(report)
+object  size        tasks  where                saves       hoisted
+bytes   100.01 kiB      3  positional argument  200.02 kiB  yes
+1 object listed, carried by 3 of 3 tasks; 200.02 kiB of task payload duplicated.
+With min-bytes 64.00 kiB, min-count 2: would hoist 1 object (100.01 kiB, bytes) shared by 3 tasks; 200.02 kiB of task payload would be saved.
+
+In Jupyter the report renders as an HTML table; ``report.to_pandas()`` has
+one row per content with every column.  Rows list each content of at least
+``min-bytes``, and each smaller one (from 1 KiB) that several tasks carry.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import types
+from collections.abc import Hashable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from dask.base import unpack_collections
+from dask.utils import format_bytes
+
+from dedupgraph.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from dask._task_spec import GraphNode
+
+    from dedupgraph.candidates import Candidates
+    from dedupgraph.plan import Plan, Summary
+
+
+@dataclass(frozen=True)
+class Row:
+    """One distinct content (or, when it cannot be pickled, one object) that tasks carry."""
+
+    label: str  #: the name in its hoisted key: ``Mapper``, ``Mapper-method``, ``partial-apply``
+    type: str  #: fully qualified type name
+    nbytes: int | None  #: pickled size; None when it cannot be pickled
+    tasks: int  #: tasks that carry it
+    where: tuple[str, ...]  #: where in those tasks it sits
+    saved_bytes: int | None  #: task payload hoisting it saves: every copy but one
+    hoisted: bool  #: whether the settings hoist it
+    reason: str | None  #: why not: below min-bytes, single use, below min-count, unpicklable, excluded
+    key: str | None  #: the key it gets when hoisted
+
+
+@dataclass(frozen=True)
+class Report:
+    """The duplicated payload of one graph: prints as a table, renders as HTML, converts to pandas."""
+
+    rows: tuple[Row, ...]  #: largest saving first
+    tasks: int  #: tasks in the graph
+    carrying_tasks: int  #: tasks that carry at least one row's object
+    settings: Settings
+    summary: Summary  #: what the settings hoist, in the numbers of the pass's INFO line
+
+    @property
+    def duplicated_bytes(self) -> int:
+        """Task payload repeated across tasks: what hoisting every row would save."""
+        return sum(r.saved_bytes or 0 for r in self.rows)
+
+    def totals(self) -> str:
+        """The lines under the table."""
+        s = self.settings
+        verdict = self.summary.message(would=True) if self.summary.objects else "would hoist nothing"
+        settings = f"With min-bytes {format_bytes(s.min_bytes)}, min-count {s.min_count}: {verdict}."
+        if not self.rows:
+            return f"Nothing listed in {self.tasks} tasks: nothing duplicated.\n{settings}"
+        n = len(self.rows)
+        return (
+            f"{n} object{'' if n == 1 else 's'} listed, carried by {self.carrying_tasks} of {self.tasks} tasks; "
+            f"{format_bytes(self.duplicated_bytes)} of task payload duplicated.\n{settings}"
+        )
+
+    def to_text(self, max_rows: int = 30) -> str:
+        """A plain-text table of the first ``max_rows`` rows, then the totals."""
+        header = ("object", "size", "tasks", "where", "saves", "hoisted")
+        cells = [(c[0], *c[2:]) for c in map(_cells, self.rows[:max_rows])]  # all but the type
+        widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+        lines = [
+            "  ".join(c.rjust(w) if i == 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in [header, *cells]
+        ]
+        if len(self.rows) > max_rows:
+            lines.append(f"... and {len(self.rows) - max_rows} more rows (report.to_pandas() has them all)")
+        return "\n".join([*(lines if self.rows else []), self.totals()])
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        header = ("object", "type", "size", "tasks", "where", "saves", "hoisted")
+        head = "".join(f"<th>{h}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in self.rows
+        )
+        totals = html.escape(self.totals()).replace("\n", "<br>")
+        return (
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+            f'<tfoot><tr><td colspan="{len(header)}">{totals}</td></tr></tfoot></table>'
+        )
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per content with every column of :class:`Row`; the totals in ``.attrs``."""
+        import pandas as pd
+
+        frame = pd.DataFrame([asdict(r) for r in self.rows], columns=[f.name for f in fields(Row)])
+        frame["where"] = frame["where"].map(", ".join)
+        # sizes are unknown (None) for what cannot be pickled
+        frame = frame.astype({"nbytes": "Int64", "saved_bytes": "Int64"})
+        frame.attrs.update(
+            tasks=self.tasks,
+            carrying_tasks=self.carrying_tasks,
+            duplicated_bytes=self.duplicated_bytes,
+            summary=asdict(self.summary),
+            settings=asdict(self.settings),
+        )
+        return frame
+
+
+def _cells(r: Row) -> tuple[str, ...]:
+    """object, type, size, tasks, where, saves, hoisted: as a person reads them."""
+    return (
+        r.label,
+        r.type,
+        "?" if r.nbytes is None else format_bytes(r.nbytes),
+        str(r.tasks),
+        ", ".join(r.where),
+        "?" if r.saved_bytes is None else format_bytes(r.saved_bytes),
+        "yes" if r.hoisted else f"no: {r.reason}",
+    )
+
+
+def inspect(*args: Any, traverse: bool = True, **settings: Any) -> Report:
+    """The duplicated payload in the graphs of ``args``, which stay as they are.
+
+    >>> report = inspect(arr, df, min_bytes="1 MiB")  # doctest: +SKIP
+    >>> report.to_pandas()  # doctest: +SKIP
+
+    The graph is the one computing ``args`` together would run: each
+    collection's own optimization, the pass excepted.  Any collection that
+    :func:`dedupgraph.deduplicate` accepts works; lists, tuples and dicts are
+    looked into.  ``settings`` as for ``enable``; the report says what they
+    would hoist.
+    """
+    from dedupgraph.deduplicate import materialize
+
+    chosen = Settings.from_config(**settings)
+    collections, _ = unpack_collections(*args, traverse=traverse)
+    graph, _ = materialize(collections) if collections else ({}, [])
+    return graph_report(graph, chosen)
+
+
+def graph_report(graph: Mapping[Hashable, GraphNode], settings: Settings) -> Report:
+    """A :class:`Report` of a graph of ``GraphNode``s."""
+    from dedupgraph.candidates import find_candidates
+    from dedupgraph.fingerprint import FingerprintMemo, is_excluded
+    from dedupgraph.plan import NOTABLE_BYTES, plan_hoists
+
+    floor = min(NOTABLE_BYTES, settings.min_bytes)
+    # exclusions are judged per content below, so that their size shows
+    memo = FingerprintMemo(floor, frozenset(settings.exclude), judge_exclusions=False)
+    found = find_candidates(graph, memo, record_from_bytes=floor, record_inline=True)
+    exclude = frozenset(settings.exclude)
+    excluded = {d for d, value in found.values.items() if is_excluded(value, exclude)}
+    plan = plan_hoists(found, settings, excluded)
+    rows = [*_content_rows(found, plan, excluded, settings), *_inline_rows(found)]
+    rows.sort(key=lambda r: (-(r.saved_bytes or 0), -(r.nbytes or 0), r.label))
+    carriers = {k for d in _shown_digests(found, settings) for k in found.keys[d]}
+    carriers.update(k for obj in found.inline.values() for k in obj.keys)
+    return Report(tuple(rows), len(graph), len(carriers), settings, plan.summary())
+
+
+def _shown_digests(found: Candidates, settings: Settings) -> list[str]:
+    # contents that reach min-bytes, and smaller ones only where they repeat
+    return [
+        d
+        for d, fp in found.fingerprints.items()
+        if fp.nbytes >= settings.min_bytes or len(found.keys[d]) > 1
+    ]
+
+
+def _content_rows(found: Candidates, plan: Plan, excluded: set[str], settings: Settings) -> list[Row]:
+    from dedupgraph.fingerprint import EXCLUDED
+    from dedupgraph.plan import hoisted_key, why_inline
+
+    rows = []
+    for digest in _shown_digests(found, settings):
+        fp, value, ntasks = found.fingerprints[digest], found.values[digest], len(found.keys[digest])
+        hoisted = digest in plan.hoists
+        reason = None if hoisted else EXCLUDED if digest in excluded else why_inline(fp.nbytes, ntasks, settings)
+        rows.append(
+            Row(
+                label=fp.label,
+                type=_type_name(value),
+                nbytes=fp.nbytes,
+                tasks=ntasks,
+                where=_where(found.positions[digest], value),
+                saved_bytes=fp.nbytes * (ntasks - 1),
+                hoisted=hoisted,
+                reason=reason,
+                key=hoisted_key(fp) if hoisted else None,
+            )
+        )
+    return rows
+
+
+def _inline_rows(found: Candidates) -> list[Row]:
+    from dedupgraph.fingerprint import label_of
+
+    return [
+        Row(
+            label=label_of(obj.value),
+            type=_type_name(obj.value),
+            nbytes=None,
+            tasks=len(obj.keys),
+            where=_where(obj.positions, obj.value),
+            saved_bytes=None,
+            hoisted=False,
+            reason=obj.reason,
+            key=None,
+        )
+        for obj in found.inline.values()
+    ]
+
+
+def _type_name(value: Any) -> str:
+    typ = type(value)
+    return f"{typ.__module__}.{typ.__qualname__}"
+
+
+def _where(positions: set[str], value: Any) -> tuple[str, ...]:
+    """Positions as a person names them, with what kind of callable it is, if one."""
+    kind = _callable_kind(value)
+    names = sorted(_POSITION_NAMES.get(p, p) for p in positions)
+    return tuple(f"{name} ({kind})" if kind else name for name in names)
+
+
+# How stage 1's positions (dedupgraph.transform) read in a report.
+_POSITION_NAMES = {
+    "function": "function",
+    "argument": "positional argument",
+    "keyword": "keyword argument",
+    "container": "nested container",
+    "fused subgraph": "fused subgraph",
+    "fused subgraph input": "fused subgraph input",
+}
+
+
+def _callable_kind(value: Any) -> str | None:
+    # what makes a callable large: its instance, its bound arguments, its closure
+    if isinstance(value, types.MethodType):
+        return "bound method"
+    if isinstance(value, functools.partial):
+        return "partial"
+    if isinstance(value, types.FunctionType):
+        return "closure" if value.__closure__ else None
+    return None

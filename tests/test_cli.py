@@ -1,0 +1,138 @@
+"""The command line, run as installed: ``dedupgraph ...``, ``python -m dedupgraph``, ``dask dedupgraph ...``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dask
+import distributed
+
+import dedupgraph
+from dedupgraph.cli import info_text
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    done = subprocess.run(
+        [*args], env={**clean, **(env or {})}, cwd=cwd, capture_output=True, text=True, timeout=180
+    )
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_info_in_a_plain_process():
+    out = run(str(BIN / "dedupgraph"), "info").stdout
+    assert out.startswith(f"dedupgraph {dedupgraph.__version__}\n")
+    assert f"dask {dask.__version__}, distributed {distributed.__version__}" in out
+    assert "pass: off" in out and "client preload" not in out
+    assert "min-bytes   64.00 kiB (65536)" in out and "hint-bytes  10.00 MiB" in out
+
+
+def test_info_names_the_environment_route_preload_and_settings():
+    env = {
+        "DASK_DEDUPGRAPH__ENABLED": "True",
+        "DASK_DISTRIBUTED__CLIENT__PRELOAD": '["dedupgraph.preload"]',
+        "DASK_DEDUPGRAPH__MIN_BYTES": "1 MiB",
+        "DASK_DEDUPGRAPH__EXCLUDE": "mypackage.Model",
+    }
+    out = run(sys.executable, "-m", "dedupgraph", "info", env=env).stdout
+    assert "pass: on for array, delayed, bag, by environment (DASK_DEDUPGRAPH__ENABLED)" in out
+    assert "client preload: dedupgraph.preload" in out
+    assert "min-bytes   1.00 MiB (1048576)" in out and "exclude     mypackage.Model" in out
+
+
+def test_info_names_the_config_route_and_invalid_settings():
+    with dedupgraph.enable(min_count=3):
+        text = info_text()
+    assert "pass: on for array, delayed, bag, by dask config" in text and "min-count   3" in text
+    with dask.config.set(array_optimize=dedupgraph.dedup):
+        assert "pass: on for array, by dask config" in info_text()
+    with dask.config.set({"dedupgraph.min-count": 0}):
+        assert "settings: invalid: dedupgraph setting 'min-count' must be >= 1" in info_text()
+
+
+SCRIPT = """
+    import sys
+    import dask, dask.array as da, numpy as np
+    from dask import delayed
+    from distributed import Client, LocalCluster
+
+    class Mapper:
+        def __init__(self):
+            self.table = list(range(30_000))
+
+    def use(block, m):
+        return block + len(m.table)
+
+    m = Mapper()
+    x = da.zeros((20, 10), chunks=(1, 10)).map_blocks(use, m, meta=np.array(()))
+    print("dry-run", dask.config.get("dedupgraph.dry-run"), "args", sys.argv[1:])
+    print("total", float(x.sum().compute()))
+    graph = dict(dask.optimize(x)[0].__dask_graph__())
+    print("hoisted", [k for k in graph if str(k).startswith("dedup-")])
+    print("delayed", sum(dask.compute(*[delayed(use)(i, m) for i in range(5)])))
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as c, Client(c) as client:
+        print("distributed", float(client.compute(x.sum()).result()))
+    if "--fail" in sys.argv:
+        raise RuntimeError("the script failed")
+    sys.exit(4)
+"""
+
+
+def test_inspect_runs_the_script_in_dry_run_and_reports_every_graph(tmp_path):
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    done = run(str(BIN / "dedupgraph"), "inspect", "-v", str(script), "--day", "3", cwd=tmp_path, check=False)
+    assert done.returncode == 4, done.stderr[-3000:]
+    out = done.stdout
+    # the script ran as itself, with its arguments, results unchanged and graphs not rewritten
+    assert "dry-run True args ['--day', '3']" in out
+    assert f"total {20 * 10 * 30_000:.1f}" in out and f"distributed {20 * 10 * 30_000:.1f}" in out
+    assert "hoisted []" in out and f"delayed {sum(range(5)) + 5 * 30_000}" in out
+    # one report per computation, at the script's line; dask.optimize is reported too
+    assert "analysis.py computed 4 graphs (dry run: nothing changed)" in out
+    sites = [line.rsplit(" ", 1)[1] for line in out.splitlines() if line.startswith("graph ")]
+    assert sites == ["analysis.py:17", "analysis.py:18", "analysis.py:20", "analysis.py:22"]
+    reports = out.split("\ngraph ")[1:]
+    assert all("Mapper" in r and "would hoist 1 object" in r for r in reports)
+    assert "shared by 20 tasks" in reports[0] and "shared by 5 tasks" in reports[2]
+    # -v: the pass's own dry-run lines
+    assert "dedupgraph INFO: dry run: would hoist 1 object" in done.stderr
+
+
+def test_inspect_reports_what_ran_before_a_failure(tmp_path):
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    done = run(str(BIN / "dedupgraph"), "inspect", str(script), "--fail", cwd=tmp_path, check=False)
+    assert done.returncode == 1
+    assert "RuntimeError: the script failed" in done.stderr
+    assert "computed 4 graphs" in done.stdout
+
+
+def test_inspect_a_script_without_dask(tmp_path):
+    script = tmp_path / "plain.py"
+    script.write_text("print('hello')\n")
+    out = run(str(BIN / "dedupgraph"), "inspect", str(script)).stdout
+    assert out.startswith("hello\n") and "plain.py computed no dask collections" in out
+
+
+def test_dask_cli_has_the_commands():
+    out = run(str(BIN / "dask"), "dedupgraph", "--help").stdout
+    assert out.startswith("Usage: dask dedupgraph") and all(c in out for c in ("bench", "info", "inspect"))
+    assert run(str(BIN / "dask"), "dedupgraph", "info").stdout.startswith("dedupgraph ")
+    assert run(str(BIN / "dedupgraph"), "--version").stdout.strip() == f"dedupgraph, version {dedupgraph.__version__}"
+
+
+def test_bench_checks_its_arguments():
+    done = run(str(BIN / "dedupgraph"), "bench", "--chunks", "5", check=False)
+    assert done.returncode == 2 and "--chunks" in done.stderr and "two chunk counts" in done.stderr
+    done = run(str(BIN / "dedupgraph"), "bench", "--collections", "matrix", check=False)
+    assert done.returncode == 2 and "--collections" in done.stderr
+    assert "--quick" in run(sys.executable, "-m", "dedupgraph.benchmarks.suite", "--help").stdout

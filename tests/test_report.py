@@ -1,0 +1,175 @@
+"""dedupgraph.inspect: what is duplicated, where it sits, what the settings would do; nothing changed."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import dask
+import dask.array as da
+import dask.bag as db
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+from dask import delayed
+
+import dedupgraph
+from dedupgraph.report import Report
+
+from payloads import CASES, N_CHUNKS, Mapper, Unpicklable, hoisted_keys, optimized_graph, uses_mapper
+
+# Where each case of payloads.CASES carries its object, as the report names it.
+WHERE = {
+    "map_blocks-arg": "fused subgraph",
+    "map_blocks-kwarg": "fused subgraph",
+    "bound-method-fused": "fused subgraph (bound method)",
+    "callable-instance": "fused subgraph",
+    "partial": "fused subgraph (partial)",
+    "closure": "fused subgraph (closure)",
+    "delayed-arg": "positional argument",
+    "delayed-kwarg": "keyword argument",
+    "delayed-method": "function (bound method)",
+    "delayed-plain-list": "nested container",
+    "delayed-plain-dict": "nested container",
+    "delayed-List-task": "nested container",
+    "delayed-Dict-task": "nested container",
+    "delayed-Tuple-task": "nested container",
+    "delayed-Set-task": "nested container",
+    "delayed-equal-copies": "positional argument",
+    "bag-map": "fused subgraph",
+    "bag-map-partitions-sum": "fused subgraph",
+}
+
+
+def big_rows(report: Report):
+    return [r for r in report.rows if r.nbytes and r.nbytes > 200_000]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_position_is_reported_with_the_key_the_pass_gives(case):
+    coll = CASES[case](Mapper())
+    report = dedupgraph.inspect(coll)
+    [row] = big_rows(report)
+    assert row.where == (WHERE[case],)
+    assert row.tasks == N_CHUNKS and row.hoisted and row.reason is None
+    assert row.saved_bytes == row.nbytes * (N_CHUNKS - 1)
+    with dedupgraph.enable():
+        assert [row.key] == hoisted_keys(optimized_graph(coll))
+
+
+def test_a_top_level_argument_and_a_fused_input():
+    m = Mapper()
+    fused = da.zeros((8, 10), chunks=(1, 10)).map_blocks(uses_mapper, m, meta=np.array(()))
+    [row] = big_rows(dedupgraph.inspect(fused))
+    assert row.where == ("fused subgraph input",) and row.label == "Mapper" and row.type == "payloads.Mapper"
+
+
+def test_a_dataframe_and_an_array_together():
+    m = Mapper()
+    df = dd.from_pandas(pd.DataFrame({"x": range(40)}), npartitions=8)
+    series = df.x.map_partitions(uses_mapper, m, meta=df.x._meta)
+    arr = da.arange(12, chunks=3).map_blocks(uses_mapper, m)
+    report = dedupgraph.inspect(series, {"arr": arr})
+    [row] = big_rows(report)  # one content, carried by the tasks of both
+    assert row.tasks == 8 + 4 and row.hoisted
+
+
+def test_reasons_for_leaving_objects_inline():
+    keep = dedupgraph.keep_inline(Mapper(30_001))
+    unpicklable = Unpicklable()
+    colls = [
+        [delayed(uses_mapper)(i, Mapper(30_002)) for i in range(3)],  # hoisted
+        delayed(uses_mapper)(0, Mapper(30_003)),  # single use
+        [delayed(uses_mapper)(i, keep) for i in range(3)],  # excluded: marked
+        [delayed(lambda i, u: i)(i, unpicklable) for i in range(4)],
+        [delayed(np.sum)(np.arange(2_000)) for _ in range(5)],  # 16 KB: below min-bytes
+    ]
+    report = dedupgraph.inspect(*colls)
+    by_reason = {r.reason: r for r in report.rows}
+    assert by_reason[None].label == "Mapper" and by_reason[None].tasks == 3
+    assert by_reason["single use"].tasks == 1 and by_reason["single use"].saved_bytes == 0
+    assert by_reason["excluded"].tasks == 3 and by_reason["excluded"].nbytes > 200_000
+    assert by_reason["unpicklable"].tasks == 4 and by_reason["unpicklable"].nbytes is None
+    assert by_reason["below min-bytes"].tasks == 5 and by_reason["below min-bytes"].label == "ndarray"
+    assert report.summary.objects == 1
+    # the same graph under other settings
+    strict = dedupgraph.inspect(*colls, min_count=4, exclude=["payloads.Mapper"], min_bytes="8 KiB")
+    reasons = {(r.label, r.reason) for r in strict.rows}
+    assert ("Mapper", "excluded") in reasons and ("ndarray", None) in reasons
+    few = [r for r in dedupgraph.inspect(*colls, min_count=4).rows if r.tasks == 3 and r.reason != "excluded"]
+    assert [r.reason for r in few] == ["below min-count"]
+
+
+def test_nothing_duplicated():
+    report = dedupgraph.inspect([delayed(sum)([i, 1]) for i in range(3)], db.from_sequence(range(4)).map(str))
+    assert report.rows == () and report.summary.objects == 0 and report.duplicated_bytes == 0
+    assert "nothing duplicated" in str(report) and "would hoist nothing" in str(report)
+    assert report.to_pandas().empty
+    assert "<table>" in report._repr_html_()
+    assert dedupgraph.inspect(1, "not a collection").tasks == 0
+
+
+def test_text_html_and_pandas_forms():
+    m = Mapper()
+    report = dedupgraph.inspect([delayed(uses_mapper)(i, m) for i in range(5)], [delayed(lambda u: 1)(Unpicklable())] * 2)
+    text = str(report)
+    assert text == repr(report)
+    header, first, *_ = text.splitlines()
+    assert header.split() == ["object", "size", "tasks", "where", "saves", "hoisted"]
+    assert re.match(r"Mapper +23\d\.\d\d kiB +5 +positional argument +0\.9\d MiB +yes$", first)
+    assert "1 object listed" not in text and "2 objects listed, carried by 6 of 6 tasks" in text
+    html = report._repr_html_()
+    assert html.count("<tr>") == 1 + len(report.rows) + 1 and "payloads.Mapper" in html and "no: unpicklable" in html
+    frame = report.to_pandas()
+    assert list(frame.columns) == ["label", "type", "nbytes", "tasks", "where", "saved_bytes", "hoisted", "reason", "key"]
+    assert frame.loc[0, "key"].startswith("dedup-Mapper-") and frame.loc[0, "saved_bytes"] == 4 * frame.loc[0, "nbytes"]
+    assert pd.isna(frame.loc[1, "nbytes"]) and frame["nbytes"].dtype == "Int64"
+    assert frame.attrs["summary"]["objects"] == 1 and frame.attrs["tasks"] == 6
+
+
+def test_long_reports_print_their_largest_rows():
+    colls = [[delayed(uses_mapper)(i, Mapper(30_000 + n)) for i in range(2)] for n in range(35)]
+    report = dedupgraph.inspect(*colls)
+    assert len(report.rows) == 35
+    assert "... and 5 more rows (report.to_pandas() has them all)" in str(report)
+    assert len(report.to_pandas()) == 35
+
+
+def test_inspect_changes_nothing():
+    m = Mapper()
+    arr = da.arange(16, chunks=2).map_blocks(uses_mapper, m)
+    ds = [delayed(uses_mapper)(i, m) for i in range(4)]
+    before = (dict(arr.__dask_graph__()), [dict(d.__dask_graph__()) for d in ds])
+    expected = dask.compute(arr, *ds, scheduler="sync")
+    dedupgraph.inspect(arr, ds)
+    assert before == (dict(arr.__dask_graph__()), [dict(d.__dask_graph__()) for d in ds])
+    got = dask.compute(arr, *ds, scheduler="sync")
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1:] == expected[1:]
+
+
+def test_the_info_line_and_the_report_agree(caplog):
+    m = Mapper()
+    arr = (da.zeros((30, 10), chunks=(1, 10)).map_blocks(uses_mapper, m, meta=np.array(())) + 1).sum()
+    ds = [delayed(uses_mapper)(i, Mapper(30_010)) for i in range(7)]
+    caplog.set_level(logging.INFO, logger="dedupgraph")
+    with dedupgraph.enable():
+        dask.compute(arr, scheduler="sync")
+        dask.compute(*ds, scheduler="sync")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hoisted")]
+    assert lines == [dedupgraph.inspect(arr).summary.message(), dedupgraph.inspect(ds).summary.message()]
+    assert lines[0].startswith("hoisted 1 object (") and "shared by 30 tasks" in lines[0]
+
+
+def test_inspect_with_the_pass_on_reports_the_graph_before_it():
+    m = Mapper()
+    ds = [delayed(uses_mapper)(i, m) for i in range(3)]
+    with dedupgraph.enable():
+        on = dedupgraph.inspect(ds)
+    assert on == dedupgraph.inspect(ds) and on.summary.objects == 1
+
+
+def test_invalid_settings_name_the_setting():
+    with pytest.raises(ValueError, match="min-count"):
+        dedupgraph.inspect(delayed(sum)([1]), min_count=0)
