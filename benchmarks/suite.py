@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,7 +63,9 @@ MODES = (
 )
 COLLECTIONS = ("array", "delayed", "bag", "dataframe")
 SIZES = {"60KB": 7_500, "250KB": 30_000, "2MB": 250_000}  # Series rows for each pickled size
-MEMORY_BUDGET = 6 * 2**30  # cells whose plain embedding would need more are skipped
+MEMORY_BUDGET = 6 * 2**30  # cells whose embedded copies would need more are skipped
+# A persist that takes longer has stalled (paused workers): the cell says so, the run goes on.
+PERSIST_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,11 @@ class Plan:
     modes: tuple[str, ...]
     overhead_tasks: tuple[int, ...]
     settle_s: float
+    overhead_repeat: int = 1  # best of this many timings
     restart: bool = True  # fresh worker memory for every collection and size
 
 
-FULL = Plan((250, 1000, 4000), tuple(SIZES), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0)
+FULL = Plan((250, 1000, 4000), tuple(SIZES), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0, overhead_repeat=3)
 QUICK = Plan((40, 200), ("250KB",), COLLECTIONS, MODES, (2_000, 10_000), 0.6)
 SMOKE = Plan((3, 6), ("60KB",), COLLECTIONS, MODES, (500,), 0.3, restart=False)
 
@@ -138,10 +142,6 @@ def total(persisted: Any) -> float:
 # --- modes ------------------------------------------------------------------
 
 
-def mode_available(mode: str) -> bool:
-    return not mode.startswith("deduplicate") or hasattr(dedupgraph, "deduplicate")
-
-
 def persist_in_mode(mode: str, collection: str, start: int, count: int, mapper: Mapper, client: Client) -> Any:
     if mode == "scatter-broadcast":
         arg: Any = client.scatter(mapper, broadcast=True)
@@ -155,8 +155,14 @@ def persist_in_mode(mode: str, collection: str, start: int, count: int, mapper: 
         colls = list(dedupgraph.deduplicate(*colls, client=client, broadcast=mode.endswith("broadcast")))
     with dedupgraph.enable() if mode == "dedup-config" else contextlib.nullcontext():
         persisted = client.persist(colls)
-        wait(persisted)
+        wait(persisted, timeout=PERSIST_TIMEOUT_S)
     return persisted if isinstance(coll, list) else persisted[0]
+
+
+def embeds(mode: str, collection: str) -> bool:
+    """Whether every task carries its own copy of the object in this cell."""
+    # the config route has no optimizer hook for dask-expr DataFrames: plain dask there
+    return mode == "plain" or (mode == "dedup-config" and collection == "dataframe")
 
 
 def graph_sizes(mode: str, collection: str, count: int, mapper: Mapper, client: Client) -> tuple[int, int]:
@@ -183,8 +189,10 @@ def graph_sizes(mode: str, collection: str, count: int, mapper: Mapper, client: 
 
 @contextlib.contextmanager
 def cluster() -> Iterator[Client]:
+    # silence_logs: the nannies' "Restarting worker" warnings would bury the progress lines
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0"
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0",
+        silence_logs=logging.ERROR,
     ) as c, Client(c) as client:
         yield client
 
@@ -193,6 +201,10 @@ def _settled(sampler: MemorySampler, label: str) -> tuple[float, float]:
     values = [v for _, v in sampler.samples[label]]
     tail = sorted(values[len(values) // 2 :])
     return tail[len(tail) // 2], max(values)
+
+
+def _noted(mode: str, collection: str, size: str, object_bytes: int, count: int, note: str) -> Cell:
+    return Cell(mode, collection, size, object_bytes / 1024, count, 0, 0, None, 0, 0, 0, 0, note)
 
 
 def warm_up(mode: str, collection: str, client: Client, settle_s: float) -> None:
@@ -215,15 +227,20 @@ def measure_cells(mode: str, collection: str, size: str, plan: Plan, client: Cli
     cells: list[Cell] = []
     held, previous, previous_memory = [], 0, None
     for count in plan.chunks:
-        if mode == "plain" and object_bytes * count > MEMORY_BUDGET:
+        if embeds(mode, collection) and object_bytes * count > MEMORY_BUDGET:
             # one copy per task: more than the cluster's memory limit
-            note = f"skipped: plain embedding would need {object_bytes * count / 2**30:.1f} GiB"
-            cells.append(Cell(mode, collection, size, object_bytes / 1024, count, 0, 0, None, 0, 0, 0, 0, note))
+            note = f"skipped: {count} embedded copies would need {object_bytes * count / 2**30:.1f} GiB"
+            cells.append(_noted(mode, collection, size, object_bytes, count, note))
             continue
         label = f"{mode}/{collection}/{size}/{count}"
         with sampler.sample(label, client=client, interval=0.1):
             start = time.perf_counter()
-            held.append(persist_in_mode(mode, collection, previous, count - previous, mapper, client))
+            try:
+                held.append(persist_in_mode(mode, collection, previous, count - previous, mapper, client))
+            except TimeoutError:
+                note = f"stalled: persist not done after {PERSIST_TIMEOUT_S} s (workers out of memory?)"
+                cells.append(_noted(mode, collection, size, object_bytes, count, note))
+                break
             persist_s = time.perf_counter() - start
             time.sleep(plan.settle_s)
         memory, peak = _settled(sampler, label)
@@ -238,19 +255,22 @@ def measure_cells(mode: str, collection: str, size: str, plan: Plan, client: Cli
     return cells
 
 
-def run_cells(plan: Plan, progress: Callable[[str], None]) -> tuple[list[Cell], MemorySampler]:
+def run_cells(
+    plan: Plan, progress: Callable[[str], None], checkpoint: Callable[[list[Cell]], None] = lambda cells: None
+) -> tuple[list[Cell], MemorySampler]:
+    """Every cell of ``plan``; ``checkpoint`` gets the cells so far after each group (an hour's run)."""
     sampler = MemorySampler()
     cells: list[Cell] = []
     work = [(c, s) for c in plan.collections for s in plan.sizes]
-    modes = [m for m in plan.modes if mode_available(m)]
-    done, total_cells, begun = 0, len(modes) * len(work), time.perf_counter()
-    for mode in modes:
+    done, total_cells, begun = 0, len(plan.modes) * len(work), time.perf_counter()
+    for mode in plan.modes:
         with cluster() as client:
             for collection, size in work:
                 started = time.perf_counter()
                 if plan.restart:
                     client.restart()
                 cells += measure_cells(mode, collection, size, plan, client, sampler)
+                checkpoint(cells)
                 done += 1
                 elapsed = time.perf_counter() - begun
                 left = elapsed / done * (total_cells - done)
@@ -258,9 +278,6 @@ def run_cells(plan: Plan, progress: Callable[[str], None]) -> tuple[list[Cell], 
                     f"[{done}/{total_cells}] {mode:22} {collection:9} {size:6} {time.perf_counter() - started:6.1f}s"
                     f"   elapsed {_clock(elapsed)}, about {_clock(left)} left"
                 )
-    for mode in plan.modes:
-        if not mode_available(mode):
-            progress(f"mode {mode}: dedupgraph.deduplicate is not available in this version; skipped")
     return cells, sampler
 
 
@@ -422,12 +439,12 @@ def plot(cells: Sequence[Cell], sampler: MemorySampler, overhead_rows: Sequence[
 
 def run(plan: Plan, out: Path, progress: Callable[[str], None]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    cells, sampler = run_cells(plan, progress)
+    cells, sampler = run_cells(plan, progress, lambda cells: write_csv(out / "cells.csv", cells))
     check_results(cells)
     overhead_rows = []
     for tasks in plan.overhead_tasks:
         for scenario in overhead.SCENARIOS:
-            overhead_rows.append(overhead.measure(scenario, tasks, repeat=3 if plan is FULL else 1))
+            overhead_rows.append(overhead.measure(scenario, tasks, repeat=plan.overhead_repeat))
             progress(f"overhead {scenario:9} {tasks:7} tasks: {overhead_rows[-1].overhead:.1%}")
     write_csv(out / "cells.csv", cells)
     write_csv(out / "overhead.csv", overhead_rows)

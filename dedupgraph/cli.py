@@ -115,17 +115,25 @@ def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
 @cli.command()
 @click.option("--quick", is_flag=True, help="Small sizes: under two minutes.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True, help="Folder for the table, CSVs and plots.")
+@click.option("--modes", multiple=True, type=click.Choice(["plain", "dedup-config", "deduplicate", "deduplicate-broadcast", "scatter-broadcast", "delayed-create"]), help="Only these (repeatable).")
 @click.option("--collections", multiple=True, type=click.Choice(["array", "delayed", "bag", "dataframe"]), help="Only these (repeatable).")
 @click.option("--sizes", multiple=True, type=click.Choice(["60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable).")
 @click.option("--chunks", multiple=True, type=click.IntRange(min=1), help="Chunk counts instead of the plan's (repeatable).")
-def bench(quick: bool, output: Path, collections: tuple[str, ...], sizes: tuple[str, ...], chunks: tuple[int, ...]) -> None:
+def bench(
+    quick: bool,
+    output: Path,
+    modes: tuple[str, ...],
+    collections: tuple[str, ...],
+    sizes: tuple[str, ...],
+    chunks: tuple[int, ...],
+) -> None:
     """Compare plain dask, dedupgraph and the manual fixes: memory, time and payload, with plots."""
     import dataclasses
 
     from dedupgraph.benchmarks import suite
 
     plan = suite.QUICK if quick else suite.FULL
-    overrides = {"collections": collections, "sizes": sizes, "chunks": tuple(sorted(set(chunks)))}
+    overrides = {"modes": modes, "collections": collections, "sizes": sizes, "chunks": tuple(sorted(set(chunks)))}
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v})
     if len(plan.chunks) < 2:
         raise click.BadParameter("give at least two chunk counts: growth per chunk is measured between them", param_hint="--chunks")

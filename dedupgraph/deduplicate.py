@@ -15,7 +15,6 @@ scattered once under its content key, and the tasks reference the future.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from dask.base import unpack_collections
 from dask.core import flatten
 
 from dedupgraph.compat import MISSING_INTERNALS
-from dedupgraph.optimizer import Deduplicator, log_line, recorded_from, task_graph
+from dedupgraph.optimizer import Deduplicator, planned, task_graph
 from dedupgraph.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
     from distributed import Client
 
     Graph = dict[Hashable, GraphNode]
-
-logger = logging.getLogger("dedupgraph")
 
 
 def deduplicate(
@@ -112,16 +109,9 @@ class Rewritten:
 def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broadcast: bool) -> Rewritten:
     from dask._task_spec import TaskRef
 
-    from dedupgraph.candidates import find_candidates
-    from dedupgraph.fingerprint import FingerprintMemo
-    from dedupgraph.plan import plan_hoists
     from dedupgraph.rewrite import rewrite_graph
 
-    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
-    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings))
-    plan = plan_hoists(candidates, settings)
-    if plan:
-        logger.info("deduplicate: %s", log_line(plan, settings.dry_run))
+    candidates, plan = planned(graph, settings, source="deduplicate: ")
     if not plan or settings.dry_run:
         return Rewritten(graph, graph)
     if client is None:

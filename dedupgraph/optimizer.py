@@ -29,7 +29,7 @@ from dedupgraph.settings import Settings
 if not MISSING_INTERNALS:  # without them the stages cannot even be imported: the pass is off
     from dask._task_spec import GraphNode, convert_legacy_graph
 
-    from dedupgraph.candidates import find_candidates
+    from dedupgraph.candidates import Candidates, find_candidates
     from dedupgraph.fingerprint import FingerprintMemo
     from dedupgraph.plan import NOTABLE_BYTES, Plan, plan_hoists
     from dedupgraph.rewrite import rewrite_graph
@@ -55,20 +55,25 @@ def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings) -> Mappin
 def _deduplicated(
     dsk: Mapping[Hashable, Any], graph: dict[Hashable, GraphNode], settings: Settings
 ) -> Mapping[Hashable, Any]:
-    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
-    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings))
-    plan = plan_hoists(candidates, settings)
-    if not plan:
-        return dsk
-    logger.info(log_line(plan, settings.dry_run))
-    if settings.dry_run:
+    candidates, plan = planned(graph, settings)
+    if not plan or settings.dry_run:
         return dsk
     return rewrite_graph(graph, plan, candidates)
 
 
-def log_line(plan: Plan, dry_run: bool) -> str:
-    """The INFO line of a pass that hoisted something (or, in a dry run, would have)."""
-    return f"dry run: {plan.summary().message(would=True)}" if dry_run else plan.summary().message()
+def planned(graph: Mapping[Hashable, GraphNode], settings: Settings, source: str = "") -> tuple[Candidates, Plan]:
+    """Stages 1 and 2 on a graph of ``GraphNode``s, and the INFO line if anything is hoisted.
+
+    ``source`` starts the line (``"deduplicate: "``) where the pass is not the caller.
+    """
+    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings))
+    plan = plan_hoists(candidates, settings)
+    if plan:
+        summary = plan.summary()
+        line = f"dry run: {summary.message(would=True)}" if settings.dry_run else summary.message()
+        logger.info("%s%s", source, line)
+    return candidates, plan
 
 
 def recorded_from(settings: Settings) -> int:

@@ -18,6 +18,7 @@ import dask
 import dask.threaded
 import pytest
 from dask._task_spec import DataNode, Task, TaskRef, _execute_subgraph, parse_input
+from dask.core import getcycle, isdag, validate_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -166,10 +167,13 @@ def build_graph(specs: list[Any]) -> dict[str, Any]:
 
 
 def validate(graph: dict[str, Any]) -> None:
-    """Every dependency exists and there is no cycle (graphlib raises CycleError)."""
+    """Every key valid and every dependency present (dask's checks), and no cycle (dask's and graphlib's)."""
     for key, node in graph.items():
+        validate_key(key)
+        assert node.key == key, (key, node)
         missing = set(node.dependencies) - set(graph)
         assert not missing, (key, missing)
+    assert isdag(graph, list(graph)), getcycle(graph, list(graph))
     tuple(graphlib.TopologicalSorter({k: n.dependencies for k, n in graph.items()}).static_order())
 
 

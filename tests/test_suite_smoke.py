@@ -20,6 +20,10 @@ def test_smallest_suite_writes_table_csv_and_plots(tmp_path):
     text = report.read_text()
     assert all(f"| {mode} |" in text for mode in MODES)
     assert "## Pass overhead" in text
+    # the targets, with a verdict per collection (figures at this size are noise, not checked)
+    targets = text.split("## Targets")[1].split("## Cells")[0]
+    assert all(f"| {collection} | 60KB |" in targets for collection in COLLECTIONS)
+    assert "- none, " in targets and "- shared, " in targets
     for name in ("memory_over_time.png", "memory_vs_chunks.png", "pass_overhead.png"):
         png = tmp_path / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
