@@ -160,7 +160,7 @@ def persist_in_mode(mode: str, collection: str, start: int, count: int, mapper: 
 
 
 def embeds(mode: str, collection: str) -> bool:
-    """Whether every task carries its own copy of the object in this cell."""
+    """Whether every task carries its own copy of the object in this cell (see ``_applies``)."""
     # the config route has no optimizer hook for dask-expr DataFrames: plain dask there
     return mode == "plain" or (mode == "dedup-config" and collection == "dataframe")
 
@@ -314,57 +314,71 @@ DEDUP_MODES = ("dedup-config", "deduplicate", "deduplicate-broadcast")
 NOISE_KB_PER_CHUNK = 2.0
 
 
-def last_growth(cells: Sequence[Cell]) -> dict[tuple[str, str, str], Cell]:
-    """(mode, collection, size) -> the cell of the largest chunk count with a growth figure."""
-    out: dict[tuple[str, str, str], Cell] = {}
+def comparable(cells: Sequence[Cell]) -> dict[tuple[str, str], tuple[int, dict[str, Cell]]]:
+    """(collection, size) -> (chunk count, mode -> cell): the largest count every mode has a growth for.
+
+    Each growth is over the interval ending at that count, so all modes are
+    compared over the same chunks (plain may have skipped the largest count).
+    """
+    by_pair: dict[tuple[str, str], dict[int, dict[str, Cell]]] = {}
     for c in cells:
         if c.growth_kb_per_chunk is not None:
-            out[(c.mode, c.collection, c.size)] = c  # cells come in increasing chunk counts
+            by_pair.setdefault((c.collection, c.size), {}).setdefault(c.chunks, {})[c.mode] = c
+    out = {}
+    for pair, by_count in by_pair.items():
+        modes = {m for cells_at in by_count.values() for m in cells_at}
+        common = [n for n, cells_at in by_count.items() if set(cells_at) == modes]
+        if common:
+            out[pair] = (max(common), by_count[max(common)])
     return out
+
+
+def _applies(mode: str, collection: str) -> bool:
+    # the config route has no hook for dask-expr DataFrames: plain dask there
+    return mode in DEDUP_MODES and not (mode == "dedup-config" and collection == "dataframe")
 
 
 def targets_markdown(cells: Sequence[Cell], overhead_rows: Sequence[overhead.Row]) -> str:
     """The issue's targets, each with the measured figures and a verdict."""
-    last = last_growth(cells)
-    pairs = sorted({(col, size) for _, col, size in last}, key=lambda p: (COLLECTIONS.index(p[0]), p[1]))
-    modes = [m for m in MODES if any(k[0] == m for k in last)]
+    table = comparable(cells)
+    pairs = sorted(table, key=lambda p: (COLLECTIONS.index(p[0]), list(SIZES).index(p[1])))
+    modes = [m for m in MODES if any(m in cells_at for _, cells_at in table.values())]
     lines = [
-        "Memory growth per extra chunk (KB), between the two largest chunk counts:",
+        "Memory growth per extra chunk (KB), every mode over the same chunks (up to the count shown):",
         "",
-        "| collection | object | " + " | ".join(modes) + " | plain / dedup | dedup <= scatter |",
-        "|---|---|" + "---|" * (len(modes) + 2),
+        "| collection | object | chunks | " + " | ".join(modes) + " | plain / dedup | dedup <= scatter |",
+        "|---|---|---|" + "---|" * (len(modes) + 2),
     ]
     for col, size in pairs:
-        growth = {m: last[(m, col, size)].growth_kb_per_chunk for m in modes if (m, col, size) in last}
-        # the config route has no hook for dask-expr DataFrames: it is plain dask there
-        dedup = {m: g for m, g in growth.items() if m in DEDUP_MODES and not (m == "dedup-config" and col == "dataframe")}
+        count, at = table[(col, size)]
+        growth = {m: c.growth_kb_per_chunk for m, c in at.items()}
+        dedup = {m: g for m, g in growth.items() if _applies(m, col)}
         scatter = growth.get("scatter-broadcast")
         ratio = growth["plain"] / max(max(dedup.values()), 1.0) if "plain" in growth and dedup else None
         no_worse = (
             all(g <= scatter + max(NOISE_KB_PER_CHUNK, 0.1 * abs(scatter)) for g in dedup.values())
             if scatter is not None and dedup else None
         )
-        cells_text = [
-            "n/a (no hook)" if m == "dedup-config" and col == "dataframe" else f"{growth[m]:.1f}" if m in growth else ""
-            for m in modes
-        ]
+        shown = ["n/a (no hook)" if m in DEDUP_MODES and not _applies(m, col) else f"{growth[m]:.1f}" if m in growth else "" for m in modes]
         lines.append(
-            f"| {col} | {size} | " + " | ".join(cells_text)
+            f"| {col} | {size} | {count} | " + " | ".join(shown)
             + f" | {'' if ratio is None else f'{ratio:.0f}x'} | {'' if no_worse is None else 'yes' if no_worse else 'NO'} |"
         )
-    lines += ["", "Persist wall time (s) at the largest chunk count:", "",
+    lines += ["", "Persist wall time (s) of the chunks added up to that count:", "",
               "| collection | object | chunks | plain | " + " | ".join(DEDUP_MODES) + " | dedup <= plain |",
               "|---|---|---|---|" + "---|" * (len(DEDUP_MODES) + 1)]
     for col, size in pairs:
-        c_plain = last.get(("plain", col, size))
-        if c_plain is None:
+        count, at = table[(col, size)]
+        if "plain" not in at:
             continue
-        times = {m: last[(m, col, size)].persist_s for m in DEDUP_MODES if (m, col, size) in last}
-        applicable = {m: t for m, t in times.items() if not (m == "dedup-config" and col == "dataframe")}
-        verdict = "yes" if all(t <= c_plain.persist_s * 1.05 + 0.05 for t in applicable.values()) else "NO"
+        plain_s = at["plain"].persist_s
+        times = {m: at[m].persist_s for m in DEDUP_MODES if m in at}
+        applicable = [t for m, t in times.items() if _applies(m, col)]
+        verdict = "yes" if all(t <= plain_s * 1.05 + 0.05 for t in applicable) else "NO"
         lines.append(
-            f"| {col} | {size} | {c_plain.chunks} | {c_plain.persist_s:.2f} | "
-            + " | ".join(f"{times[m]:.2f}" if m in times else "" for m in DEDUP_MODES) + f" | {verdict} |"
+            f"| {col} | {size} | {count} | {plain_s:.2f} | "
+            + " | ".join(("n/a" if not _applies(m, col) else f"{times[m]:.2f}") if m in times else "" for m in DEDUP_MODES)
+            + f" | {verdict} |"
         )
     lines += ["", "Pass overhead on the largest graph, against dask's own optimize:", ""]
     for scenario, limit in (("none", 0.10), ("shared", 0.15)):

@@ -50,7 +50,8 @@ def deduplicate(
     dedupgraph's passes, by the optimizer it wraps: the pass runs here, once,
     on the whole graph), and each collection is rebuilt from its part.  Arguments that are not
     collections come back unchanged; ``traverse`` looks into lists, tuples and
-    dicts, as in ``dask.optimize``.
+    dicts, as in ``dask.optimize``.  When nothing is hoisted (or in a dry run),
+    every argument comes back as it was.
 
     ``client``: a distributed ``Client`` to scatter hoisted objects to; None
     (the default) uses the default client if there is one; ``False`` never
@@ -69,9 +70,16 @@ def deduplicate(
         )
         return args
     target = _resolve_client(client)
-    graph, rebuilders = materialize(collections)
+    # as the collections will run: a Client's compute and persist do not fuse
+    # dask-expr graphs, a local compute does
+    graph, parts = materialize(collections, fuse=target is None)
     rewritten = _deduplicated(graph, chosen, target, broadcast)
-    return repack([rebuild(rewritten) for rebuild in rebuilders])
+    if rewritten is None:
+        # rebuilt from a materialized graph, a collection costs more to submit
+        # (a DataFrame: one alias task per partition); unchanged, it costs nothing
+        return args
+    rewritten.shared = _shared_keys(rewritten.for_exprs, [p.keys for p in parts if p.is_expr])
+    return repack([part.rebuild(rewritten) for part in parts])
 
 
 def _resolve_client(client: Client | bool | None) -> Client | None:
@@ -104,16 +112,21 @@ class Rewritten:
     for_exprs: Graph
     #: scattered key -> a reference that holds its future
     holds: dict[Hashable, Any] = field(default_factory=dict)
+    #: whether the scheduler can read dedupgraph's own expressions (see ``frames``)
+    renamable: bool = False
+    #: keys that the parts of more than one dask-expr collection need
+    shared: frozenset[Hashable] = frozenset()
 
 
-def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broadcast: bool) -> Rewritten:
+def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broadcast: bool) -> Rewritten | None:
+    """The graph with its hoisted objects referenced; None if nothing is hoisted (or a dry run)."""
     from dask._task_spec import TaskRef
 
     from dedupgraph.rewrite import rewrite_graph
 
     candidates, plan = planned(graph, settings, source="deduplicate: ")
     if not plan or settings.dry_run:
-        return Rewritten(graph, graph)
+        return None
     if client is None:
         out = rewrite_graph(graph, plan, candidates)
         return Rewritten(out, out)
@@ -129,37 +142,45 @@ def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broad
     holding = {**rewrite_graph(graph, plan, candidates, references=refs), **lost}
     plain = {digest: TaskRef(ref.key) for digest, ref in refs.items()}
     referring = {**rewrite_graph(graph, plan, candidates, references=plain), **lost}
-    return Rewritten(holding, referring, {ref.key: ref for ref in refs.values()})
+    return Rewritten(holding, referring, {ref.key: ref for ref in refs.values()}, renamable=bool(lost))
 
 
 # --- materialize, then rebuild: how dask.optimize does it, one graph for all
 
 
-Rebuild = Callable[[Rewritten], Any]  # Rewritten -> a collection
+@dataclass(frozen=True)
+class Part:
+    """One collection: its output keys, and how to rebuild it from the rewritten graph."""
+
+    keys: list[Hashable]
+    rebuild: Callable[[Rewritten], Any]
+    is_expr: bool
 
 
-def materialize(collections: list[Any]) -> tuple[Graph, list[Rebuild]]:
-    """One optimized graph for all ``collections``, and per collection a function of it.
+def materialize(collections: list[Any], fuse: bool = True) -> tuple[Graph, list[Part]]:
+    """One optimized graph for all ``collections``, and per collection a :class:`Part` of it.
 
     The graph is what computing them would run, before the pass: each
     collection's own optimization (culling, fusion), the pass itself excepted.
+    ``fuse``: whether dask-expr DataFrames are fused, as a local ``compute``
+    does (a distributed Client's ``compute`` and ``persist`` do not).
     """
     from dask._expr import Expr
 
     graph: dict[Hashable, Any] = {}
-    rebuilders: list[Rebuild] = []
+    parts: list[Part] = []
     legacy = [c for c in collections if not isinstance(getattr(c, "expr", None), Expr)]
     if legacy:
         graph.update(_legacy_graph(legacy))
     for coll in collections:
         if isinstance(getattr(coll, "expr", None), Expr):
-            # array-expr and dask-expr: optimized as a lone ``compute`` would
-            optimized = coll.expr.optimize()
+            # array-expr arrays have one way to optimize; DataFrames fuse or not
+            optimized = coll.expr.optimize(fuse=fuse) if _is_dataframe_like(coll) else coll.expr.optimize()
             graph.update(optimized.__dask_graph__())
-            rebuilders.append(_expr_rebuilder(coll, optimized))
+            parts.append(_expr_part(coll, optimized))
         else:
-            rebuilders.append(_legacy_rebuilder(coll))
-    return task_graph(graph), rebuilders
+            parts.append(_legacy_part(coll))
+    return task_graph(graph), parts
 
 
 def _legacy_graph(collections: list[Any]) -> Mapping[Hashable, Any]:
@@ -177,33 +198,42 @@ def _legacy_graph(collections: list[Any]) -> Mapping[Hashable, Any]:
     return _ExprSequence(*exprs).optimize().__dask_graph__()
 
 
-def _legacy_rebuilder(coll: Any) -> Rebuild:
+def _legacy_part(coll: Any) -> Part:
     keys = list(flatten(coll.__dask_keys__()))
     rebuild, extra = coll.__dask_postpersist__()
-    return lambda done: rebuild(culled(done.for_legacy, keys), *extra)
+    return Part(keys, lambda done: rebuild(culled(done.for_legacy, keys), *extra), is_expr=False)
 
 
-def _expr_rebuilder(coll: Any, optimized: Any) -> Rebuild:
+def _expr_part(coll: Any, optimized: Any) -> Part:
     from dask._collections import new_collection
     from dask.utils import key_split
 
     keys = list(flatten(optimized.__dask_keys__()))
     # deduplicating again must keep holding what the input held
     inherited = _held_refs(optimized)
-    if _is_dataframe_like(coll):
+    if not _is_dataframe_like(coll):
+        rebuild, extra = new_collection(optimized).__dask_postpersist__()
+        return Part(keys, lambda done: rebuild(_holding(done, culled(done.for_exprs, keys), inherited), *extra), True)
+    meta, divisions, prefix = optimized._meta, optimized.divisions, key_split(optimized._name)
+
+    def rebuild_frame(done: Rewritten) -> Any:
+        layer = culled(done.for_exprs, keys)
+        if done.renamable and done.shared.isdisjoint(keys):
+            from dedupgraph.frames import renamed_frame
+
+            token = (optimized._name, sorted(done.holds, key=str))
+            return renamed_frame(layer, meta, divisions, keys, prefix, token, lambda g: _holding(done, g, inherited))
         # FrameBase.__dask_postpersist__ takes its keys from the graph it is given
         # (all of them for a whole graph): pass the output keys explicitly
         from dask.dataframe import from_graph
 
-        meta, divisions, prefix = optimized._meta, optimized.divisions, key_split(optimized._name)
-        return lambda done: from_graph(_layer(done, keys, inherited), meta, divisions, keys, prefix)
-    rebuild, extra = new_collection(optimized).__dask_postpersist__()
-    return lambda done: rebuild(_layer(done, keys, inherited), *extra)
+        return from_graph(_holding(done, layer, inherited), meta, divisions, keys, prefix)
+
+    return Part(keys, rebuild_frame, True)
 
 
-def _layer(done: Rewritten, keys: list[Hashable], inherited: Mapping[Hashable, Any]) -> Mapping[Hashable, GraphNode]:
-    """The part of the graph a dask-expr collection needs, holding the futures it references."""
-    layer = culled(done.for_exprs, keys)
+def _holding(done: Rewritten, layer: Graph, inherited: Mapping[Hashable, Any]) -> Mapping[Hashable, GraphNode]:
+    """``layer``, holding the futures its tasks reference (see ``scatter.HoldingLayer``)."""
     holds = {**inherited, **done.holds}
     if not holds:
         return layer
@@ -211,6 +241,17 @@ def _layer(done: Rewritten, keys: list[Hashable], inherited: Mapping[Hashable, A
 
     used = {dep for node in layer.values() for dep in node.dependencies if dep in holds}
     return HoldingLayer(layer, refs=tuple(holds[key] for key in sorted(used, key=str)))
+
+
+def _shared_keys(graph: Graph, outputs: list[list[Hashable]]) -> frozenset[Hashable]:
+    """Keys in the parts of ``graph`` that more than one of the ``outputs`` lists need."""
+    seen: set[Hashable] = set()
+    shared: set[Hashable] = set()
+    for keys in outputs:
+        part = culled(graph, keys)
+        shared.update(seen.intersection(part))
+        seen.update(part)
+    return frozenset(shared)
 
 
 def _held_refs(expr: Any) -> dict[Hashable, Any]:

@@ -152,16 +152,22 @@ def inspect(*args: Any, traverse: bool = True, **settings: Any) -> Report:
     looked into.  ``settings`` as for ``enable``; the report says what they
     would hoist.
     """
-    from dedupgraph.deduplicate import materialize
+    from dedupgraph.compat import MISSING_INTERNALS
+    from dedupgraph.deduplicate import _resolve_client, materialize
 
     chosen = Settings.from_config(**settings)
+    if MISSING_INTERNALS:
+        raise RuntimeError(f"dedupgraph.inspect cannot read this dask's graphs: it lacks {', '.join(MISSING_INTERNALS)}")
     collections, _ = unpack_collections(*args, traverse=traverse)
-    graph, _ = materialize(collections) if collections else ({}, [])
+    # the graph that will run: a distributed Client does not fuse dask-expr graphs
+    graph, _ = materialize(collections, fuse=_resolve_client(None) is None) if collections else ({}, [])
     return graph_report(graph, chosen)
 
 
 def graph_report(graph: Mapping[Hashable, GraphNode], settings: Settings) -> Report:
     """A :class:`Report` of a graph of ``GraphNode``s."""
+    # the stages are imported where used: a dask without the internals they
+    # need must still be able to import dedupgraph (see dedupgraph.compat)
     from dedupgraph.candidates import find_candidates
     from dedupgraph.fingerprint import FingerprintMemo, is_excluded
     from dedupgraph.plan import NOTABLE_BYTES, plan_hoists

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import click
 import dask
 import distributed
 
@@ -136,3 +137,11 @@ def test_bench_checks_its_arguments():
     done = run(str(BIN / "dedupgraph"), "bench", "--collections", "matrix", check=False)
     assert done.returncode == 2 and "--collections" in done.stderr
     assert "--quick" in run(sys.executable, "-m", "dedupgraph.benchmarks.suite", "--help").stdout
+
+
+def test_bench_choices_are_the_suites():
+    from dedupgraph.benchmarks import suite
+    from dedupgraph.cli import bench
+
+    choices = {p.name: tuple(p.type.choices) for p in bench.params if isinstance(p.type, click.Choice)}
+    assert choices == {"modes": suite.MODES, "collections": suite.COLLECTIONS, "sizes": tuple(suite.SIZES)}

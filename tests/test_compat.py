@@ -32,10 +32,17 @@ def test_missing_internal_switches_the_pass_off_with_one_warning():
         messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
         print(len(messages))
         print(messages[0])
+        # the pass off: the hint's observer sees this graph and must not fail it
+        assert dask.compute(*[delayed(len)(big) for _ in range(400)], scheduler="sync") == (40_000,) * 400
+        try:
+            dedupgraph.inspect([delayed(len)(big)])
+        except RuntimeError as e:
+            print(e)
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    count, message = out.splitlines()[:2]
+    count, message, inspect_error = out.splitlines()[:3]
     assert count == "1"
     assert message.startswith("dedupgraph is switched off: dask ")
     assert "dask._task_spec._execute_subgraph" in message
+    assert inspect_error.startswith("dedupgraph.inspect cannot read this dask's graphs: it lacks dask._task_spec._execute_subgraph")

@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 
 import dask
+import dask.dataframe as dd
+import pandas as pd
 import pytest
 from dask import delayed
 from distributed import Client, LocalCluster
@@ -137,6 +139,13 @@ def test_deduplicate_works_against_it_without_the_lost_object_task(bare):
         (tasks,) = dedupgraph.deduplicate(_big_tasks(), client=c, min_bytes="64 KiB")
         assert [k for k in c.futures if str(k).startswith("dedup-bytes-")]
         assert c.gather(c.compute(tasks)) == list(range(8))
+        # DataFrames: rebuilt with dask's own from_graph, which any scheduler reads
+        df = dd.from_pandas(pd.DataFrame({"x": range(40)}), npartitions=8)
+        # a lambda travels by value: the scheduler cannot import this test module
+        series = df.x.map_partitions(lambda part, blob: part + len(blob), BIG, meta=df.x._meta)
+        (out,) = dedupgraph.deduplicate(series, client=c)
+        assert type(out.expr).__name__ == "FromGraph"
+        pd.testing.assert_series_equal(c.compute(out).result(), series.compute(scheduler="sync"))
 
 
 ENV_ROUTE_SCRIPT = textwrap.dedent(
