@@ -119,6 +119,7 @@ def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
 @click.option("--collections", multiple=True, type=click.Choice(["array", "delayed", "bag", "dataframe"]), help="Only these (repeatable).")
 @click.option("--sizes", multiple=True, type=click.Choice(["60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable).")
 @click.option("--chunks", multiple=True, type=click.IntRange(min=1), help="Chunk counts instead of the plan's (repeatable).")
+@click.option("--no-overhead", is_flag=True, help="Skip the second part, the pass's time against dask's optimize.")
 def bench(
     quick: bool,
     output: Path,
@@ -126,6 +127,7 @@ def bench(
     collections: tuple[str, ...],
     sizes: tuple[str, ...],
     chunks: tuple[int, ...],
+    no_overhead: bool,
 ) -> None:
     """Compare plain dask, dedupgraph and the manual fixes: memory, time and payload, with plots."""
     import dataclasses
@@ -135,6 +137,8 @@ def bench(
     plan = suite.QUICK if quick else suite.FULL
     overrides = {"modes": modes, "collections": collections, "sizes": sizes, "chunks": tuple(sorted(set(chunks)))}
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v})
+    if no_overhead:
+        plan = dataclasses.replace(plan, overhead_tasks=())
     if len(plan.chunks) < 2:
         raise click.BadParameter("give at least two chunk counts: growth per chunk is measured between them", param_hint="--chunks")
     report = suite.run(plan, output, lambda line: click.echo(line, err=True))
