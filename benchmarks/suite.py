@@ -191,10 +191,10 @@ def graph_sizes(mode: str, collection: str, count: int, mapper: Mapper, client: 
 
 @contextlib.contextmanager
 def cluster() -> Iterator[Client]:
-    # silence_logs: the nannies' "Restarting worker" warnings would bury the progress lines
+    # silence_logs: workers log heartbeat errors while a cluster shuts down; they would bury the progress lines
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0",
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
     ) as c, Client(c) as client:
         yield client
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from dask import delayed
 from dask._task_spec import DataNode, Task, TaskRef
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 from distributed.diagnostics import MemorySampler
 
 import dedupgraph
@@ -176,6 +176,8 @@ def test_dataframes_are_rebuilt_without_an_alias_per_partition(client):
     assert [k[1] for k in out.__dask_keys__()] == list(range(12)) and all(k in graph for k in out.__dask_keys__())
     pd.testing.assert_frame_equal(client.compute(out).result(), df.compute(scheduler="sync"))
     persisted = client.persist(out)
+    # persist only sends the graph; wait until the scheduler holds it before counting
+    wait(persisted)
     assert client.run_on_scheduler(_count_prefixed, out._name) == 12
     pd.testing.assert_frame_equal(persisted.compute(), df.compute(scheduler="sync"))
 
