@@ -89,13 +89,18 @@ def _expected(mapper):
     return [uses_mapper(i, mapper) for i in range(TASKS)]
 
 
+def _computed_with_the_pass(client, rows):
+    """(the hoisted key, futures of TASKS slow tasks that each carry an equal Mapper(rows))."""
+    tasks = [delayed(slow_uses_mapper)(i, Mapper(rows)) for i in range(TASKS)]
+    with dedupgraph.enable():
+        key = hoisted_keys(optimized_graph(tasks))[0]
+        return key, client.compute(tasks)
+
+
 def test_config_route_survives_losing_a_worker_mid_computation(two):
     _ready(two, 2)
     mapper = Mapper(30_100)
-    tasks = [delayed(slow_uses_mapper)(i, Mapper(30_100)) for i in range(TASKS)]
-    with dedupgraph.enable():
-        key = hoisted_keys(optimized_graph(tasks))[0]
-        futures = two.compute(tasks)
+    key, futures = _computed_with_the_pass(two, 30_100)
     while not _holders(two, key):
         time.sleep(0.01)
     _kill_when_some_done(two, futures, victims=_holders(two, key)[:1])
@@ -105,10 +110,7 @@ def test_config_route_survives_losing_a_worker_mid_computation(two):
 def test_config_route_recomputes_the_hoisted_key_when_its_only_worker_dies(one):
     _ready(one, 1)
     mapper = Mapper(30_101)
-    tasks = [delayed(slow_uses_mapper)(i, Mapper(30_101)) for i in range(TASKS)]
-    with dedupgraph.enable():
-        key = hoisted_keys(optimized_graph(tasks))[0]
-        futures = one.compute(tasks)
+    key, futures = _computed_with_the_pass(one, 30_101)
     _kill_when_some_done(one, futures, victims=list(_ready(one, 1)))
     assert one.gather(futures) == _expected(mapper)
     # computed twice from its run_spec: before and after the worker died

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dedupgraph.benchmarks.seed import MODES, measure_mode
+from dedupgraph.benchmarks.seed import MODES, Row, measure_mode, verdict
 
 CHUNKS = (400, 2400)
 
@@ -49,3 +49,10 @@ def test_smoke_run_prints_every_mode():
     table = [line for line in out.splitlines() if line.startswith("| ") and "mode" not in line]
     assert sorted({line.split("|")[1].strip() for line in table}) == sorted(MODES)
     assert len(table) == 2 * len(MODES)
+    assert [line for line in out.splitlines() if line.startswith("dedup: ") and "of manual scatter" in line]
+
+
+def test_verdict_compares_dedup_with_plain_and_scatter():
+    rows = [Row(mode, 2, 0, growth, 0, 0) for mode, growth in (("plain", 250.0), ("scatter", 12.0), ("dedup", 12.5))]
+    assert verdict(rows) == "dedup: 12.5 KB per extra chunk, 20x below plain (250.0), 104% of manual scatter (12.0)"
+    assert verdict(rows[:2]) == ""  # a mode missing: nothing to compare
