@@ -73,7 +73,8 @@ def deduplicate(
     # as the collections will run: a Client's compute and persist do not fuse
     # dask-expr graphs, a local compute does
     graph, parts = materialize(collections, fuse=target is None)
-    rewritten = _deduplicated(graph, chosen, target, broadcast)
+    forms = {p.is_expr for p in parts}  # rewrite only the forms some part is rebuilt from
+    rewritten = _deduplicated(graph, chosen, target, broadcast, legacy=False in forms, exprs=True in forms)
     if rewritten is None:
         # rebuilt from a materialized graph, a collection costs more to submit
         # (a DataFrame: one alias task per partition); unchanged, it costs nothing
@@ -118,8 +119,14 @@ class Rewritten:
     shared: frozenset[Hashable] = frozenset()
 
 
-def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broadcast: bool) -> Rewritten | None:
-    """The graph with its hoisted objects referenced; None if nothing is hoisted (or a dry run)."""
+def _deduplicated(
+    graph: Graph, settings: Settings, client: Client | None, broadcast: bool, *, legacy: bool, exprs: bool
+) -> Rewritten | None:
+    """The graph with its hoisted objects referenced; None if nothing is hoisted (or a dry run).
+
+    ``legacy``, ``exprs``: whether array/bag/delayed or dask-expr collections
+    are rebuilt from it; a form none of them needs stays empty.
+    """
     from dask._task_spec import TaskRef
 
     from dedupgraph.rewrite import rewrite_graph
@@ -139,9 +146,13 @@ def _deduplicated(graph: Graph, settings: Settings, client: Client | None, broad
     lost = {}
     if scheduler_imports_dedupgraph(client):
         lost = {h.key: lost_object_task(h, broadcast) for h in plan.hoists.values()}
-    holding = {**rewrite_graph(graph, plan, candidates, references=refs), **lost}
-    plain = {digest: TaskRef(ref.key) for digest, ref in refs.items()}
-    referring = {**rewrite_graph(graph, plan, candidates, references=plain), **lost}
+    holding: Graph = {}
+    referring: Graph = {}
+    if legacy:
+        holding = {**rewrite_graph(graph, plan, candidates, references=refs), **lost}
+    if exprs:
+        plain = {digest: TaskRef(ref.key) for digest, ref in refs.items()}
+        referring = {**rewrite_graph(graph, plan, candidates, references=plain), **lost}
     return Rewritten(holding, referring, {ref.key: ref for ref in refs.values()}, renamable=bool(lost))
 
 
@@ -186,16 +197,47 @@ def materialize(collections: list[Any], fuse: bool = True) -> tuple[Graph, list[
 def _legacy_graph(collections: list[Any]) -> Mapping[Hashable, Any]:
     """Arrays, bags, delayed: their low-level optimizers, our pass excepted (we run it after)."""
     from dask._expr import HLGExpr, _ExprSequence
+    from dask.delayed import Delayed
 
+    graph: dict[Hashable, Any] = {}
     exprs = []
+    delayed_by_optimizer: dict[int, tuple[Any, list[Any]]] = {}
     for coll in collections:
+        if isinstance(coll, Delayed):
+            optimizer = _without_pass(coll.__dask_optimize__)
+            delayed_by_optimizer.setdefault(id(optimizer), (optimizer, []))[1].append(coll)
+            continue
         expr = HLGExpr.from_collection(coll)
         optimizer = expr.low_level_optimizer
         if isinstance(optimizer, Deduplicator):
             expr = expr.substitute_parameters({"low_level_optimizer": optimizer.base})
         exprs.append(expr)
-    # grouped by optimizer, merged and optimized together, as dask.compute does
-    return _ExprSequence(*exprs).optimize().__dask_graph__()
+    for optimizer, group in delayed_by_optimizer.values():
+        graph.update(_delayed_graph(optimizer, group))
+    if exprs:
+        # grouped by optimizer, merged and optimized together, as dask.compute does
+        graph.update(_ExprSequence(*exprs).optimize().__dask_graph__())
+    return graph
+
+
+def _without_pass(optimizer: Any) -> Any:
+    return optimizer.base if isinstance(optimizer, Deduplicator) else optimizer
+
+
+def _delayed_graph(optimizer: Any, group: list[Any]) -> Mapping[Hashable, Any]:
+    """Many ``Delayed`` values, merged into one flat graph before their optimizer runs.
+
+    dask keeps one graph layer per ``Delayed`` and culls every layer against
+    all requested keys: quadratic in their number (3000 values: ~1 s). One
+    layer holding them all is culled in one linear walk, to the same tasks.
+    """
+    from dask.utils import ensure_dict
+
+    merged: dict[Hashable, Any] = {}
+    for value in group:
+        merged.update(ensure_dict(value.__dask_graph__()))
+    keys = [value.key for value in group]
+    return merged if optimizer is None else ensure_dict(optimizer(merged, keys))
 
 
 def _legacy_part(coll: Any) -> Part:

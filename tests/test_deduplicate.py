@@ -100,6 +100,28 @@ def test_without_client_hoists_into_graph_keys():
         assert tasks < 100_000  # the 241 KB Mapper is no longer inside every task
 
 
+def test_many_delayed_are_optimized_in_one_call_of_their_optimizer():
+    from dask.delayed import optimize as delayed_optimize
+
+    calls = []
+
+    def counting(dsk, keys, **kwargs):
+        calls.append(sorted(keys))
+        return delayed_optimize(dsk, keys, **kwargs)
+
+    mapper = Mapper(30_020)
+    tasks = [delayed(uses_mapper)(i, mapper) for i in range(30)]
+    with dask.config.set(delayed_optimize=counting):
+        (out,) = deduplicate(tasks, client=False)
+    assert calls == [sorted(t.key for t in tasks)]  # one graph for all 30, culled once
+    assert dask.compute(*out, scheduler="sync") == tuple(uses_mapper(i, mapper) for i in range(30))
+    graph = task_graph({k: v for d in out for k, v in dict(d.__dask_graph__()).items()})
+    assert len(hoisted_keys(graph)) == 1 and len(graph) == 31
+    with dedupgraph.enable():  # the pass as delayed_optimize: its base optimizes, the pass runs once after
+        (again,) = deduplicate(tasks, client=False)
+    assert dask.compute(*again, scheduler="sync") == tuple(uses_mapper(i, mapper) for i in range(30))
+
+
 def test_scatters_each_object_once_under_its_content_key(client):
     mapper = Mapper()
     colls = every_kind(mapper)
