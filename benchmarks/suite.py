@@ -357,7 +357,7 @@ def targets_markdown(cells: Sequence[Cell], overhead_rows: Sequence[overhead.Row
         shown = ["n/a (no hook)" if m in DEDUP_MODES and not _applies(m, col) else f"{growth[m]:.1f}" if m in growth else "" for m in modes]
         lines.append(
             f"| {col} | {size} | {count} | " + " | ".join(shown)
-            + f" | {'' if ratio is None else f'{ratio:.0f}x'} | {'' if no_worse is None else 'yes' if no_worse else 'NO'} |"
+            + f" | {'' if ratio is None else f'{ratio:.1f}x'} | {'' if no_worse is None else 'yes' if no_worse else 'NO'} |"
         )
     lines += ["", "Persist wall time (s) of the chunks added up to that count:", "",
               "| collection | object | chunks | plain | " + " | ".join(DEDUP_MODES) + " | dedup <= plain |",
