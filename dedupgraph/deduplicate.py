@@ -208,9 +208,9 @@ def _legacy_graph(collections: list[Any]) -> Mapping[Hashable, Any]:
             delayed_by_optimizer.setdefault(id(optimizer), (optimizer, []))[1].append(coll)
             continue
         expr = HLGExpr.from_collection(coll)
-        optimizer = expr.low_level_optimizer
-        if isinstance(optimizer, Deduplicator):
-            expr = expr.substitute_parameters({"low_level_optimizer": optimizer.base})
+        base = _without_pass(expr.low_level_optimizer)
+        if base is not expr.low_level_optimizer:
+            expr = expr.substitute_parameters({"low_level_optimizer": base})
         exprs.append(expr)
     for optimizer, group in delayed_by_optimizer.values():
         graph.update(_delayed_graph(optimizer, group))

@@ -112,13 +112,17 @@ def duplicated_payload(sample: Sequence[GraphNode], total: int) -> tuple[int, st
     return estimate, top[1], top[2]
 
 
-def check(sample: Sequence[GraphNode], total: int) -> None:
-    """Log the hint if the pass is off and a graph carries enough duplicated payload; never raises.
+def wanted() -> bool:
+    """Whether a graph is worth sampling: no hint given yet, and the pass is off."""
+    return not _given and not pass_enabled()
 
-    ``sample``: tasks of the graph, from :func:`spread_sample`; ``total``: its size.
+
+def check(sample: Sequence[GraphNode], total: int) -> None:
+    """Log the hint if a graph carries enough duplicated payload; never raises.
+
+    ``sample``: tasks of the graph, from :func:`spread_sample`; ``total``: its
+    size.  Callers ask :func:`wanted` first, before they build the sample.
     """
-    if _given or pass_enabled():
-        return
     try:
         threshold = Settings.from_config().hint_bytes
     except ValueError as e:
@@ -165,7 +169,8 @@ class LocalSchedulerHint(Callback):
     """Checks each graph a local scheduler is about to run (it starts with the graph)."""
 
     def _start(self, dsk: Mapping[Hashable, GraphNode]) -> None:
-        if not _given:
+        # while the pass is on, every local computation would pay for the sample
+        if wanted():
             check(spread_sample(list(dsk.values())), len(dsk))
 
 
@@ -178,7 +183,7 @@ def _scheduler_plugin() -> Any:
         name = "dedupgraph-hint"
 
         def update_graph(self, scheduler: Scheduler, *, tasks: Sequence[Hashable] = (), **kwargs: Any) -> None:
-            if _given:
+            if not wanted():
                 return
             states = (scheduler.tasks.get(key) for key in spread_sample(list(tasks)))
             check([ts.run_spec for ts in states if ts is not None and ts.run_spec is not None], len(tasks))

@@ -115,10 +115,10 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             raise ValueError(
                 f"unknown dedupgraph setting {name!r} (from {origin}); known settings: {known}"
             )
+        if field == "hint_bytes" and _means_off(value):
+            value = None  # DASK_DEDUPGRAPH__HINT_BYTES=False switches the hint off
         if field in _BYTE_FIELDS and isinstance(value, str):
             value = _parse_byte_string(_BYTE_FIELDS[field], value)
-        if field == "hint_bytes" and value is False:
-            value = None  # DASK_DEDUPGRAPH__HINT_BYTES=False switches the hint off
         if field == "dry_run" and isinstance(value, str):
             value = _parse_bool_string(value)
         if field == "exclude":
@@ -133,9 +133,11 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
 _BYTE_FIELDS = {"min_bytes": "min-bytes", "hint_bytes": "hint-bytes"}
 
 
-def _parse_byte_string(name: str, text: str) -> int | None:
-    if name == "hint-bytes" and text.strip().lower() in ("none", "false", "off", "never"):
-        return None
+def _means_off(value: Any) -> bool:
+    return value is False or (isinstance(value, str) and value.strip().lower() in ("none", "false", "off", "never"))
+
+
+def _parse_byte_string(name: str, text: str) -> int:
     try:
         return int(parse_bytes(text))
     except (ValueError, TypeError) as e:
