@@ -22,6 +22,8 @@ OPTIMIZER_KEYS = {
     "delayed_optimize": dedup_delayed,
     "bag_optimize": dedup_bag,
 }
+SCHEDULER_PRELOADS = "distributed.scheduler.preload"
+SCHEDULER_ROUTE = "dedupgraph.scheduler"  # the scheduler route's preload module
 
 
 def enable(**settings: Any) -> dask.config.set:
@@ -34,12 +36,16 @@ def enable(**settings: Any) -> dask.config.set:
     Called plainly, the change stays; used as a context manager, the previous
     configuration comes back on exit.  ``settings`` (``min_bytes``,
     ``min_count``) are validated now and written to ``dask.config``, so on
-    distributed they travel with the graph to the scheduler.
+    distributed they travel with the graph to the scheduler.  A
+    ``LocalCluster`` started afterwards in this process runs the scheduler
+    route too (``dedupgraph.scheduler`` becomes a scheduler preload), which
+    covers DataFrames and array-expr arrays.
     """
     chosen = Settings.from_config(**settings)
     written = {f"dedupgraph.{name.replace('_', '-')}" for name in settings}
     config = {k: v for k, v in chosen.as_config().items() if k in written}
-    return dask.config.set({**OPTIMIZER_KEYS, **config})
+    preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS, None), SCHEDULER_ROUTE)
+    return dask.config.set({**OPTIMIZER_KEYS, **config, SCHEDULER_PRELOADS: preloads})
 
 
 def disable() -> dask.config.set:
@@ -50,14 +56,40 @@ def disable() -> dask.config.set:
     '_array_optimize'
 
     The key is set to the wrapped base rather than to ``None``: for arrays and
-    bags a falsy value means "do not optimize at all".
+    bags a falsy value means "do not optimize at all".  Schedulers started
+    afterwards in this process no longer get the scheduler route (running
+    ones keep it).
     """
-    restored = {}
+    restored: dict[str, Any] = {}
     for key in OPTIMIZER_KEYS:
         current = dask.config.get(key, default=None)
         if isinstance(current, Deduplicator):
             restored[key] = current.base
+    preloads = preload_list(dask.config.get(SCHEDULER_PRELOADS, None))
+    if SCHEDULER_ROUTE in preloads:
+        restored[SCHEDULER_PRELOADS] = [p for p in preloads if p != SCHEDULER_ROUTE]
     return dask.config.set(restored)
+
+
+def preload_list(value: Any) -> list[str]:
+    """A preload config value (None, one name, or a list) as a list.
+
+    >>> preload_list(None), preload_list("a"), preload_list(("a", "b"))
+    ([], ['a'], ['a', 'b'])
+    """
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def with_preload(value: Any, name: str) -> list[str]:
+    """The preload list ``value`` with ``name`` in it (at the end, if it was missing).
+
+    >>> with_preload(["x"], "dedupgraph.scheduler"), with_preload("dedupgraph.scheduler", "dedupgraph.scheduler")
+    (['x', 'dedupgraph.scheduler'], ['dedupgraph.scheduler'])
+    """
+    preloads = preload_list(value)
+    return preloads if name in preloads else [*preloads, name]
 
 
 @dataclass(frozen=True)
@@ -66,13 +98,15 @@ class Status:
 
     >>> with enable():
     ...     status()
-    Status(on=('array', 'delayed', 'bag'), routes=('config',), preload=False, environment_failed=False)
+    Status(on=('array', 'delayed', 'bag'), routes=('config',), preload=False, environment_failed=False, scheduler_route=True)
     """
 
     on: tuple[str, ...]  #: collections whose optimizer is a dedupgraph pass
     routes: tuple[str, ...]  #: "environment", "config"
     preload: bool  #: whether ``dedupgraph.preload`` is a client preload (switches it on at each Client)
     environment_failed: bool  #: DASK_DEDUPGRAPH__ENABLED is true, yet the pass is off
+    #: whether ``dedupgraph.scheduler`` is a scheduler preload: schedulers started here run the route
+    scheduler_route: bool = False
 
 
 def status() -> Status:
@@ -88,4 +122,5 @@ def status() -> Status:
     preloads = dask.config.get("distributed.client.preload", None) or []
     preload = "dedupgraph.preload" in ([preloads] if isinstance(preloads, str) else preloads)
     routes = () if not on else ("environment",) if from_environment else ("config",)
-    return Status(on, routes, preload, environment_failed=from_environment and not on)
+    scheduler_route = SCHEDULER_ROUTE in preload_list(dask.config.get(SCHEDULER_PRELOADS, None))
+    return Status(on, routes, preload, environment_failed=from_environment and not on, scheduler_route=scheduler_route)

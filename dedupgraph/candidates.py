@@ -4,13 +4,19 @@
 >>> big = list(range(50_000))
 >>> graph = {"a": Task("a", len, big), "b": Task("b", len, big)}
 >>> found = find_candidates(graph, FingerprintMemo(min_bytes=1024))
->>> [(fp.label, found.keys[fp.digest]) for fp in found.fingerprints.values()]
-[('list', ['a', 'b'])]
+>>> [(group[-2:], fp.label, found.keys[group]) for group, fp in found.fingerprints.items()]
+[(':0', 'list', ['a', 'b'])]
+
+Contents are grouped: one group per object, except that objects which
+``may_merge`` share one group per content digest (named by the digest).
+A group is what stage 2 hoists into one key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import functools
+import types
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,21 +30,55 @@ Key = Hashable
 
 @dataclass
 class Candidates:
-    """Every distinct large content in a graph, and the tasks that carry it."""
+    """Every large object in a graph, grouped as they may share a key, and the tasks that carry them.
+
+    A group is named by its content digest when it gathers every object of
+    that content that may merge, and ``"<digest>:<n>"`` when it holds the
+    n-th object of that content that may not (see ``dedupgraph.immutability``).
+    """
 
     memo: FingerprintMemo
-    #: digest -> fingerprint, for contents of at least ``memo.min_bytes``
+    #: group -> fingerprint, for contents of at least ``memo.min_bytes``
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
-    #: digest -> the first object seen with that content (the one that gets hoisted)
+    #: group -> the first object seen in it (the one that gets hoisted)
     values: dict[str, Any] = field(default_factory=dict)
-    #: digest -> keys of the top-level tasks that carry it, each task once
+    #: group -> keys of the top-level tasks that carry it, each task once
     keys: dict[str, list[Key]] = field(default_factory=dict)
-    #: digest -> where in the tasks it sits (``transform.ARGUMENT``, ``FUNCTION``, ...)
+    #: group -> where in the tasks it sits (``transform.ARGUMENT``, ``FUNCTION``, ...)
     positions: dict[str, set[str]] = field(default_factory=dict)
+    #: id of every recorded object -> its group (the rewrite finds objects by identity)
+    group_of: dict[int, str] = field(default_factory=dict)
+    #: digest -> its groups, for contents held by more than one group (equal copies kept apart)
+    apart: dict[str, list[str]] = field(default_factory=dict)
+    #: group -> the index, among the objects of its content that one task carries,
+    #: of its object in the first task that carries it (for a stable key)
+    ordinal: dict[str, int] = field(default_factory=dict)
     #: with ``record_inline``: id -> an object left inline by stage 1 (unpicklable,
     #: excluded), the keys of the tasks that carry it and where; by identity, as
     #: such objects have no content digest
     inline: dict[int, InlineObject] = field(default_factory=dict)
+
+
+def same_objects_signature(value: Any) -> tuple[int, ...] | None:
+    """Identities that make ``value`` interchangeable with any other wrapper of the same objects.
+
+    >>> class Model:
+    ...     def predict(self, x):
+    ...         return x
+    >>> m = Model()
+    >>> m.predict is m.predict, same_objects_signature(m.predict) == same_objects_signature(m.predict)
+    (False, True)
+
+    Every ``obj.method`` access builds a new bound method, yet all of them call
+    the same function on the same object: sharing one of them changes nothing,
+    whatever that object is.  Likewise ``functools.partial``s of the same
+    function and the same arguments.  Other values: None.
+    """
+    if isinstance(value, types.MethodType):
+        return (id(value.__func__), id(value.__self__))
+    if type(value) is functools.partial:
+        return (id(value.func), *map(id, value.args), *(x for k, v in value.keywords.items() for x in (hash(k), id(v))))
+    return None
 
 
 @dataclass
@@ -54,17 +94,48 @@ def find_candidates(
     memo: FingerprintMemo,
     record_from_bytes: int | None = None,
     record_inline: bool = False,
+    may_merge: Callable[[Any], bool] = lambda value: False,
 ) -> Candidates:
     """Fingerprint every leaf of every task in ``graph`` (a dict of ``GraphNode``s).
 
     Contents below ``record_from_bytes`` (default: ``memo.min_bytes``) are not
     recorded.  ``record_inline`` also records, by identity, the objects that
     the memo leaves without a fingerprint although not obviously small.
+    ``may_merge``: whether an object may share a group with equal objects
+    (``immutability.merge_policy``); by default each object is its own group.
     """
     result = Candidates(memo)
     floor = memo.min_bytes if record_from_bytes is None else record_from_bytes
-    # per task: digest -> (fingerprint, value, positions); each task counts once
+    # per task: group -> (fingerprint, value, positions); each task counts once
     found: dict[str, tuple[Fingerprint, Any, set[str]]] = {}
+    # per digest: how many objects of that content have their own group so far
+    separate: dict[str, int] = {}
+    # per task: digest -> how many of its objects of that content were seen
+    seen_in_task: dict[str, int] = {}
+
+    # (digest, identity signature) -> group: wrappers of the very same objects
+    wrapping: dict[tuple[str, tuple[int, ...]], str] = {}
+
+    def group_for(value: Any, fp: Fingerprint) -> str:
+        group = result.group_of.get(id(value))
+        if group is None:
+            signature = same_objects_signature(value)
+            if may_merge(value):
+                group = fp.digest
+            elif signature is not None and (fp.digest, signature) in wrapping:
+                group = wrapping[fp.digest, signature]
+            else:
+                group = f"{fp.digest}:{separate.get(fp.digest, 0)}"
+                separate[fp.digest] = separate.get(fp.digest, 0) + 1
+                if signature is not None:
+                    wrapping[fp.digest, signature] = group
+            result.group_of[id(value)] = group
+            result.ordinal[group] = seen_in_task.get(fp.digest, 0)
+            groups = result.apart.setdefault(fp.digest, [])
+            if group not in groups:
+                groups.append(group)
+        seen_in_task[fp.digest] = seen_in_task.get(fp.digest, 0) + 1
+        return group
     # per task, with record_inline: id -> positions
     found_inline: dict[int, set[str]] = {}
     # ids of leaves judged not worth recording: the walk skips them from then on
@@ -82,9 +153,10 @@ def find_candidates(
         if fp is None or fp.nbytes < floor:
             judged.add(id(value))  # the graph holds every leaf for the whole pass: ids stay unique
             return
-        seen = found.get(fp.digest)
+        group = group_for(value, fp)
+        seen = found.get(group)
         if seen is None:
-            found[fp.digest] = (fp, value, {where})
+            found[group] = (fp, value, {where})
         else:
             seen[2].add(where)
 
@@ -92,17 +164,19 @@ def find_candidates(
         walk_leaves(node, record, judged)
         if not found and not found_inline:
             continue
-        for digest, (fp, value, where) in found.items():
-            if digest not in result.fingerprints:
-                result.fingerprints[digest] = fp
-                result.values[digest] = value
-                result.keys[digest] = []
-                result.positions[digest] = set()
-            result.keys[digest].append(key)
-            result.positions[digest] |= where
+        for group, (fp, value, where) in found.items():
+            if group not in result.fingerprints:
+                result.fingerprints[group] = fp
+                result.values[group] = value
+                result.keys[group] = []
+                result.positions[group] = set()
+            result.keys[group].append(key)
+            result.positions[group] |= where
         for ident, where in found_inline.items():
             result.inline[ident].keys.append(key)
             result.inline[ident].positions |= where
         found.clear()
         found_inline.clear()
+        seen_in_task.clear()
+    result.apart = {digest: groups for digest, groups in result.apart.items() if len(groups) > 1}
     return result

@@ -1,6 +1,7 @@
 """The command line: ``dedupgraph info``, ``dedupgraph inspect script.py``, ``dedupgraph bench``.
 
     dedupgraph info                          # versions, activation, settings
+    dedupgraph info --scheduler tcp://host:8786   # and whether that scheduler runs the route
     dedupgraph inspect analysis.py --day 3   # run it in dry-run mode, report every graph
     dedupgraph bench --quick                 # the benchmark suite, small
     dask dedupgraph info                     # the same commands through dask's CLI
@@ -26,9 +27,53 @@ def cli() -> None:
 
 
 @cli.command()
-def info() -> None:
+@click.option(
+    "--scheduler",
+    "address",
+    metavar="ADDRESS",
+    default=None,
+    help="Also ask the scheduler at ADDRESS (e.g. tcp://host:8786) whether it runs the scheduler route.",
+)
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the scheduler.")
+def info(address: str | None, timeout: float) -> None:
     """Versions, whether the pass is on in this process and by which route, and the settings."""
     click.echo(info_text())
+    if address is not None:
+        text, ok = scheduler_text(address, timeout)
+        click.echo(text)
+        if not ok:
+            sys.exit(1)
+
+
+def scheduler_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
+    """What ``dedupgraph info --scheduler ADDRESS`` adds, and whether the scheduler could be asked."""
+    import dask.config
+    from distributed import Client
+
+    from dedupgraph.preload import scheduler_status
+
+    # a bare Client: this question must not run the client preloads (they switch things on)
+    try:
+        with dask.config.set({"distributed.client.preload": []}):
+            client = Client(address, timeout=timeout, set_as_default=False)
+    except Exception as e:  # noqa: BLE001  (reported: the scheduler is unreachable)
+        return f"scheduler {address}: cannot connect ({type(e).__name__}: {e})", False
+    with client:
+        found = client.sync(scheduler_status, client, observe=False)
+    if isinstance(found, str):
+        return f"scheduler {address}: route off: {found}", True
+    lines = [f"scheduler {address}: dedupgraph {found.get('version')}"]
+    if found.get("route"):
+        lines.append("  scheduler route: on (every graph it receives is deduplicated)")
+    else:
+        lines.append(f"  scheduler route: off ({found.get('problem')})")
+    settings = found.get("settings")
+    if isinstance(settings, dict):
+        shown = ", ".join(f"{k.removeprefix('dedupgraph.')}={v}" for k, v in settings.items())
+        lines.append(f"  its own settings (for clients that send none): {shown}")
+    elif settings is not None:
+        lines.append(f"  its own settings: {settings}")
+    return "\n".join(lines), True
 
 
 def info_text() -> str:
@@ -65,7 +110,13 @@ def info_text() -> str:
     if st.preload:
         lines.append(
             "client preload: dedupgraph.preload, which switches the pass on at each new Client "
-            "whose scheduler can import dedupgraph"
+            "whose scheduler can import dedupgraph, and sends this process's settings with each graph "
+            "to a scheduler that runs the scheduler route"
+        )
+    if st.scheduler_route:
+        lines.append(
+            "scheduler preload: dedupgraph.scheduler, so a scheduler started here (LocalCluster) "
+            "runs the scheduler route: every graph it receives is deduplicated, DataFrames included"
         )
     try:
         settings = dedupgraph.Settings.from_config()

@@ -24,6 +24,7 @@ from dask.base import unpack_collections
 from dask.core import flatten
 
 from dedupgraph.compat import MISSING_INTERNALS
+from dedupgraph.layers import annotated, layer_annotations
 from dedupgraph.optimizer import Deduplicator, planned, task_graph
 from dedupgraph.settings import Settings
 
@@ -134,24 +135,31 @@ def _deduplicated(
     candidates, plan = planned(graph, settings, source="deduplicate: ")
     if not plan or settings.dry_run:
         return None
+    host = None
+    if settings.share == "host":  # large buffers in shared memory, once per host
+        from dedupgraph import host_share as host
     if client is None:
-        out = rewrite_graph(graph, plan, candidates)
+        out = rewrite_graph(graph, plan, candidates, place=host.placement(settings) if host else None)
         return Rewritten(out, out)
     from dedupgraph.preload import scheduler_imports_dedupgraph
     from dedupgraph.scatter import lost_object_task, scattered_references
 
-    refs = scattered_references(client, plan.hoists, broadcast)
+    # with share="host", qualifying objects are scattered as HostShared under their host key
+    hoists = host.scattered_hoists(plan.hoists, settings) if host else plan.hoists
+    refs = scattered_references(client, hoists, broadcast)
     # The run_spec that turns a lost scattered object into a clear error is a
     # dedupgraph function: only where the scheduler can unpickle it.
     lost = {}
     if scheduler_imports_dedupgraph(client):
-        lost = {h.key: lost_object_task(h, broadcast) for h in plan.hoists.values()}
+        lost = {h.key: lost_object_task(h, broadcast) for h in hoists.values()}
     holding: Graph = {}
     referring: Graph = {}
     if legacy:
-        holding = {**rewrite_graph(graph, plan, candidates, references=refs), **lost}
+        held = host.references(refs, hoists) if host else refs
+        holding = {**rewrite_graph(graph, plan, candidates, references=held), **lost}
     if exprs:
         plain = {digest: TaskRef(ref.key) for digest, ref in refs.items()}
+        plain = host.references(plain, hoists) if host else plain
         referring = {**rewrite_graph(graph, plan, candidates, references=plain), **lost}
     return Rewritten(holding, referring, {ref.key: ref for ref in refs.values()}, renamable=bool(lost))
 
@@ -181,21 +189,27 @@ def materialize(collections: list[Any], fuse: bool = True) -> tuple[Graph, list[
     graph: dict[Hashable, Any] = {}
     parts: list[Part] = []
     legacy = [c for c in collections if not isinstance(getattr(c, "expr", None), Expr)]
+    annotations: dict[str, dict[Hashable, Any]] = {}
     if legacy:
-        graph.update(_legacy_graph(legacy))
+        legacy_graph, annotations = _legacy_graph(legacy)
+        graph.update(legacy_graph)
     for coll in collections:
         if isinstance(getattr(coll, "expr", None), Expr):
             # array-expr arrays have one way to optimize; DataFrames fuse or not
+            # (dask-expr ignores annotations: there are none to keep)
             optimized = coll.expr.optimize(fuse=fuse) if _is_dataframe_like(coll) else coll.expr.optimize()
             graph.update(optimized.__dask_graph__())
             parts.append(_expr_part(coll, optimized))
         else:
-            parts.append(_legacy_part(coll))
+            parts.append(_legacy_part(coll, annotations))
     return task_graph(graph), parts
 
 
-def _legacy_graph(collections: list[Any]) -> Mapping[Hashable, Any]:
-    """Arrays, bags, delayed: their low-level optimizers, our pass excepted (we run it after)."""
+def _legacy_graph(collections: list[Any]) -> tuple[Mapping[Hashable, Any], dict[str, dict[Hashable, Any]]]:
+    """Arrays, bags, delayed: their low-level optimizers, our pass excepted (we run it after).
+
+    Also the annotations that computing them would give each key.
+    """
     from dask._expr import HLGExpr, _ExprSequence
     from dask.delayed import Delayed
 
@@ -212,12 +226,22 @@ def _legacy_graph(collections: list[Any]) -> Mapping[Hashable, Any]:
         if base is not expr.low_level_optimizer:
             expr = expr.substitute_parameters({"low_level_optimizer": base})
         exprs.append(expr)
+    annotations: dict[str, dict[Hashable, Any]] = {}
     for optimizer, group in delayed_by_optimizer.values():
         graph.update(_delayed_graph(optimizer, group))
+        for value in group:
+            _merge_annotations(annotations, layer_annotations(value.__dask_graph__()))
     if exprs:
         # grouped by optimizer, merged and optimized together, as dask.compute does
-        graph.update(_ExprSequence(*exprs).optimize().__dask_graph__())
-    return graph
+        optimized = _ExprSequence(*exprs).optimize()
+        graph.update(optimized.__dask_graph__())
+        _merge_annotations(annotations, optimized.__dask_annotations__())
+    return graph, annotations
+
+
+def _merge_annotations(into: dict[str, dict[Hashable, Any]], more: Mapping[str, Mapping[Hashable, Any]]) -> None:
+    for kind, values in more.items():
+        into.setdefault(kind, {}).update(values)
 
 
 def _without_pass(optimizer: Any) -> Any:
@@ -240,10 +264,16 @@ def _delayed_graph(optimizer: Any, group: list[Any]) -> Mapping[Hashable, Any]:
     return merged if optimizer is None else ensure_dict(optimizer(merged, keys))
 
 
-def _legacy_part(coll: Any) -> Part:
+def _legacy_part(coll: Any, annotations: Mapping[str, Mapping[Hashable, Any]]) -> Part:
     keys = list(flatten(coll.__dask_keys__()))
     rebuild, extra = coll.__dask_postpersist__()
-    return Part(keys, lambda done: rebuild(culled(done.for_legacy, keys), *extra), is_expr=False)
+    # a rebuilt collection's graph must hold a layer of the name the collection gives its own
+    name = str(coll.__dask_layers__()[0])
+
+    def rebuilt(done: Rewritten) -> Any:
+        return rebuild(annotated(culled(done.for_legacy, keys), annotations, keys, name), *extra)
+
+    return Part(keys, rebuilt, is_expr=False)
 
 
 def _expr_part(coll: Any, optimized: Any) -> Part:

@@ -122,14 +122,6 @@ class FingerprintMemo:
         self._seen[id(value)] = (value, fp, reason)
         return fp
 
-    def ids_with_digest(self, digests: Container[str]) -> dict[int, str]:
-        """``id -> digest`` of every object fingerprinted so far whose digest is in ``digests``."""
-        return {
-            key: fp.digest
-            for key, (_, fp, _) in self._seen.items()
-            if fp is not None and fp.digest in digests
-        }
-
     def why_inline(self, value: Any) -> str | None:
         """``SMALL``, ``EXCLUDED`` or ``UNPICKLABLE`` for a value without a fingerprint, else None."""
         if is_obviously_small(value, self.min_bytes):

@@ -11,9 +11,13 @@ Importing dedupgraph installs two observers, and nothing else changes:
   processes) is about to run;
 - a scheduler preload, ``dedupgraph.hint`` in ``distributed.scheduler.preload``,
   that adds a ``SchedulerPlugin`` to each scheduler started in this process
-  (``LocalCluster``).  A remote scheduler is not observed: the client never
-  materializes the graphs it submits, and materializing them for a hint would
-  double the cost of every submission.
+  (``LocalCluster``).
+
+A remote scheduler that can import dedupgraph but does not run the
+scheduler route gets the same plugin from the first client whose
+``dedupgraph.preload`` asks it about the route (the environment route's
+clients do): it then hints once, in its own log, for graphs from any client.
+A scheduler that runs the route is never sampled.
 
 dask swaps its set of global callbacks out while a computation runs and puts
 it back afterwards, so computations running at once in several threads of a
@@ -117,7 +121,19 @@ def wanted() -> bool:
     return not _given and not pass_enabled()
 
 
-def check(sample: Sequence[GraphNode], total: int) -> None:
+# What the hint proposes: in a process that builds collections, and on a scheduler.
+LOCAL_ADVICE = (
+    "dedupgraph.enable() hoists each such object into one shared key (for DataFrames: "
+    "dedupgraph.enable() before starting a LocalCluster, or dedupgraph.deduplicate(...))"
+)
+SCHEDULER_ADVICE = (
+    "the scheduler route hoists each such object into one shared key, for every collection: set "
+    "DASK_DEDUPGRAPH__ENABLED=True in this scheduler's environment (or start it with --preload "
+    "dedupgraph.scheduler; for a LocalCluster: dedupgraph.enable() before starting it)"
+)
+
+
+def check(sample: Sequence[GraphNode], total: int, advice: str = LOCAL_ADVICE) -> None:
     """Log the hint if a graph carries enough duplicated payload; never raises.
 
     ``sample``: tasks of the graph, from :func:`spread_sample`; ``total``: its
@@ -139,12 +155,12 @@ def check(sample: Sequence[GraphNode], total: int) -> None:
         _give(
             logging.INFO,
             "this graph carries about %s of duplicated task payload (%s, in %d of %d tasks) "
-            "and dedupgraph is off: dedupgraph.enable() hoists each such object into one shared key "
-            "(for DataFrames: dedupgraph.deduplicate(...)). Shown once; dedupgraph.hint-bytes: False silences it.",
+            "and dedupgraph is off: %s. Shown once; dedupgraph.hint-bytes: False silences it.",
             format_bytes(duplicated),
             label,
             carriers,
             total,
+            advice,
         )
 
 
@@ -183,12 +199,20 @@ def _scheduler_plugin() -> Any:
         name = "dedupgraph-hint"
 
         def update_graph(self, scheduler: Scheduler, *, tasks: Sequence[Hashable] = (), **kwargs: Any) -> None:
-            if not wanted():
+            # graphs come from any client here: this process's config route says nothing of them
+            if _given or _route_on(scheduler):
                 return
             states = (scheduler.tasks.get(key) for key in spread_sample(list(tasks)))
-            check([ts.run_spec for ts in states if ts is not None and ts.run_spec is not None], len(tasks))
+            sample = [ts.run_spec for ts in states if ts is not None and ts.run_spec is not None]
+            check(sample, len(tasks), SCHEDULER_ADVICE)
 
     return SchedulerHint()
+
+
+def _route_on(scheduler: Scheduler) -> bool:
+    from dedupgraph.scheduler import route_on
+
+    return route_on(scheduler)
 
 
 def dask_setup(scheduler: Scheduler) -> None:

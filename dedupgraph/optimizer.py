@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 import dask
+from dask.highlevelgraph import HighLevelGraph
 from dask.utils import ensure_dict
 
 from dedupgraph.compat import MISSING_INTERNALS
@@ -31,6 +32,8 @@ if not MISSING_INTERNALS:  # without them the stages cannot even be imported: th
 
     from dedupgraph.candidates import Candidates, find_candidates
     from dedupgraph.fingerprint import FingerprintMemo
+    from dedupgraph.immutability import merge_policy
+    from dedupgraph.layers import relayered
     from dedupgraph.plan import NOTABLE_BYTES, Plan, plan_hoists
     from dedupgraph.rewrite import rewrite_graph
 
@@ -42,14 +45,20 @@ Optimizer = Callable[..., Mapping[Hashable, Any]]
 def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings) -> Mapping[Hashable, Any]:
     """``dsk`` with its repeated large objects hoisted; ``dsk`` itself if nothing is.
 
+    >>> from dask._task_spec import Task
     >>> big = list(range(50_000))
-    >>> out = deduplicate_graph({"a": (len, big), "b": (len, big)}, Settings())
+    >>> out = deduplicate_graph({"a": Task("a", len, big), "b": Task("b", len, big)}, Settings())
     >>> sorted(k.rsplit("-", 1)[0] for k in out)
     ['a', 'b', 'dedup-list']
     """
     graph = task_graph(dsk)
     with _collection_paused(len(graph)):
-        return _deduplicated(dsk, graph, settings)
+        out = _deduplicated(dsk, graph, settings)
+        if out is dsk or not isinstance(dsk, HighLevelGraph):
+            return out
+        # dask reads annotations from the layers of what an optimizer returns
+        changed = [key for key, node in graph.items() if out[key] is not node]
+        return relayered(dsk, out, changed)
 
 
 def _deduplicated(
@@ -58,7 +67,12 @@ def _deduplicated(
     candidates, plan = planned(graph, settings)
     if not plan or settings.dry_run:
         return dsk
-    return rewrite_graph(graph, plan, candidates)
+    place = None
+    if settings.share == "host":  # the pass itself never imports shared-memory code
+        from dedupgraph.host_share import placement
+
+        place = placement(settings)
+    return rewrite_graph(graph, plan, candidates, place=place)
 
 
 def planned(graph: Mapping[Hashable, GraphNode], settings: Settings, source: str = "") -> tuple[Candidates, Plan]:
@@ -67,7 +81,8 @@ def planned(graph: Mapping[Hashable, GraphNode], settings: Settings, source: str
     ``source`` starts the line (``"deduplicate: "``) where the pass is not the caller.
     """
     memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
-    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings))
+    may_merge = merge_policy(settings.merge_equal)
+    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings), may_merge=may_merge)
     plan = plan_hoists(candidates, settings)
     if plan:
         summary = plan.summary()
@@ -127,7 +142,7 @@ class Deduplicator:
     >>> from dask.array.optimization import optimize
     >>> opt = Deduplicator(base=optimize, min_bytes="1 MiB")
     >>> opt
-    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760)
+    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5)
     >>> with dask.config.set(array_optimize=opt):
     ...     pass
 

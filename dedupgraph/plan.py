@@ -3,6 +3,8 @@
 >>> from dedupgraph.fingerprint import Fingerprint
 >>> hoisted_key(Fingerprint("0" * 32, 250_000, "Mapper"))
 'dedup-Mapper-00000000000000000000000000000000'
+>>> hoisted_key(Fingerprint("0" * 32, 250_000, "ndarray"), apart=("fill-1", 0))
+'dedup-ndarray-00000000000000000000000000000000-52179d66'
 >>> why_inline(250_000, 1, Settings()), why_inline(1_000, 50, Settings()), why_inline(250_000, 50, Settings())
 ('single use', 'below min-bytes', None)
 """
@@ -10,10 +12,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Hashable
+from collections.abc import Container, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import xxhash
 from dask.utils import format_bytes
 
 from dedupgraph.candidates import Candidates
@@ -82,10 +85,31 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Apart:
+    """Equal copies of one content that ``merge-equal`` keeps in groups of their own.
+
+    >>> print(Apart("ndarray", 800_128, copies=6, merge_saves=4_000_640).message("immutable"))
+    kept 6 equal copies of ndarray (781.38 kiB) apart (merge-equal: immutable); merging them would save 3.82 MiB of task payload
+    """
+
+    label: str
+    nbytes: int
+    copies: int  #: distinct objects (groups) with this content
+    merge_saves: int  #: task payload that one key for all of them would save beyond what the plan saves
+
+    def message(self, merge_equal: str) -> str:
+        return (
+            f"kept {self.copies} equal copies of {self.label} ({format_bytes(self.nbytes)}) apart "
+            f"(merge-equal: {merge_equal}); merging them would save {format_bytes(self.merge_saves)} of task payload"
+        )
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Hoists by content digest."""
+    """Hoists by candidate group (see ``Candidates``), and the equal copies kept apart."""
 
     hoists: dict[str, Hoist]
+    apart: tuple[Apart, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.hoists)
@@ -101,23 +125,47 @@ class Plan:
         )
 
 
-def hoisted_key(fp: Fingerprint) -> str:
-    """The graph key of a hoisted content: the same bytes always give the same key."""
-    return f"dedup-{fp.label}-{fp.digest}"
+def hoisted_key(fp: Fingerprint, apart: tuple[Hashable, int] | None = None) -> str:
+    """The graph key of a hoisted content: the same bytes always give the same key.
+
+    ``apart``: for one of several equal objects that ``merge-equal`` keeps
+    apart in one graph, the key of the first task that carries it and its
+    index among the objects of that content there: the key then names that
+    object as dask's own keys name their tasks, and equal objects kept apart
+    never meet under one key.
+    """
+    if apart is None:
+        return f"dedup-{fp.label}-{fp.digest}"
+    suffix = xxhash.xxh32_hexdigest(repr(apart).encode())
+    return f"dedup-{fp.label}-{fp.digest}-{suffix}"
+
+
+def group_key(candidates: Candidates, group: str) -> str:
+    """The hoisted key of a candidate group: its content's key, unless equal copies are kept apart.
+
+    The group of all the objects that may merge, and the only group of its
+    content, take the content's key, which other graphs and other clients
+    with the same content reuse on a cluster (sharing a key across graphs is
+    what ``scatter`` does too; see the mutation caveat in the README).
+    """
+    fp = candidates.fingerprints[group]
+    if group == fp.digest or fp.digest not in candidates.apart:
+        return hoisted_key(fp)
+    return hoisted_key(fp, apart=(candidates.keys[group][0], candidates.ordinal[group]))
 
 
 def plan_hoists(candidates: Candidates, settings: Settings, excluded: Container[str] = ()) -> Plan:
     """Hoist every content of at least ``min_bytes`` carried by at least ``min_count`` tasks.
 
-    ``excluded``: digests to leave inline whatever their size (stage 1 leaves
+    ``excluded``: groups to leave inline whatever their size (stage 1 leaves
     excluded objects unfingerprinted; a report fingerprints them to show them).
     """
     hoists = {}
-    for digest, fp in candidates.fingerprints.items():
-        tasks = candidates.keys[digest]
-        reason = EXCLUDED if digest in excluded else why_inline(fp.nbytes, len(tasks), settings)
+    for group, fp in candidates.fingerprints.items():
+        tasks = candidates.keys[group]
+        reason = EXCLUDED if group in excluded else why_inline(fp.nbytes, len(tasks), settings)
         if reason is None:
-            hoists[digest] = Hoist(hoisted_key(fp), fp, tuple(tasks), candidates.values[digest])
+            hoists[group] = Hoist(group_key(candidates, group), fp, tuple(tasks), candidates.values[group])
         elif fp.nbytes >= NOTABLE_BYTES:
             logger.debug(
                 "left %s (%s) inline: %s (carried by %d task%s; min-bytes %s, min-count %d)",
@@ -129,4 +177,20 @@ def plan_hoists(candidates: Candidates, settings: Settings, excluded: Container[
                 format_bytes(settings.min_bytes),
                 settings.min_count,
             )
-    return Plan(hoists)
+    apart = tuple(_kept_apart(candidates, hoists, settings))
+    for kept in apart:
+        logger.debug("%s", kept.message(settings.merge_equal))
+    return Plan(hoists, apart)
+
+
+def _kept_apart(candidates: Candidates, hoists: Mapping[str, Hoist], settings: Settings) -> Iterator[Apart]:
+    """Contents held by several groups where one key for all would save payload."""
+    for digest, groups in candidates.apart.items():
+        fp = candidates.fingerprints[groups[0]]
+        if fp.nbytes < NOTABLE_BYTES:
+            continue
+        payload = sum(fp.nbytes if g in hoists else fp.nbytes * len(candidates.keys[g]) for g in groups)
+        carriers = len({key for g in groups for key in candidates.keys[g]})
+        merged = fp.nbytes if why_inline(fp.nbytes, carriers, settings) is None else fp.nbytes * carriers
+        if payload > merged:
+            yield Apart(fp.label, fp.nbytes, len(groups), payload - merged)

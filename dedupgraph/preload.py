@@ -7,24 +7,35 @@ scheduler without dedupgraph would fail every computation ("Error during
 deserialization of the task graph").  :func:`dask_setup` therefore asks the
 scheduler to import dedupgraph first; if it cannot, it warns once with the
 fix and leaves the pass off in this process.
+
+The same question tells whether the scheduler runs the scheduler route
+(``dedupgraph.scheduler``).  If it does, each graph this client submits
+carries the settings in force here (``dedupgraph.courier``), which then
+govern it on the scheduler, DataFrames included.  If it does not, the
+scheduler gets the once-per-process hint for the graphs of every client
+(``dedupgraph.hint``), and this process logs one INFO line.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import warnings
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dask.config
 
 import dedupgraph
+from dedupgraph import courier
 from dedupgraph.activation import OPTIMIZER_KEYS, enable
 from dedupgraph.optimizer import Deduplicator
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Scheduler
+
+logger = logging.getLogger("dedupgraph")
 
 # Warn once per process: a notebook that creates a Client per cell must not
 # repeat the same paragraph.  A flag under a lock, never growing.
@@ -36,15 +47,36 @@ _warned_lock = threading.Lock()
 _checked: weakref.WeakKeyDictionary[Client, bool] = weakref.WeakKeyDictionary()
 
 
+# The INFO line about a scheduler without the route, once per process.
+_told = False
+
+
 async def dask_setup(client: Client) -> None:
     """Run by distributed for every new Client when this module is a client preload."""
-    problem = await scheduler_problem(client)
-    _checked[client] = problem is None
-    if problem is None:
-        enable()
+    found = await scheduler_status(client)
+    _checked[client] = not isinstance(found, str)
+    if isinstance(found, str):
+        switch_off()
+        warn_once(found)
         return
-    switch_off()
-    warn_once(problem)
+    enable()
+    if found.get("route"):
+        courier.attach(client, scheduler_route_on)
+    else:
+        _tell_once(client)
+
+
+def _tell_once(client: Client) -> None:
+    global _told
+    with _warned_lock:
+        tell, _told = not _told, True
+    if tell:
+        logger.info(
+            "dedupgraph: the scheduler at %s does not run the scheduler route: only arrays, delayed "
+            "values and bags are deduplicated, not DataFrames. Set DASK_DEDUPGRAPH__ENABLED=True in "
+            "the scheduler's environment too (or start it with --preload dedupgraph.scheduler).",
+            client.scheduler.address,
+        )
 
 
 # dask's own optimizer for each key, as "module:attribute"
@@ -82,30 +114,55 @@ def scheduler_imports_dedupgraph(client: Client) -> bool:
 
 async def scheduler_problem(client: Client) -> str | None:
     """None if the scheduler imports dedupgraph, else what goes wrong, with the fix."""
+    found = await scheduler_status(client)
+    return found if isinstance(found, str) else None
+
+
+async def scheduler_route_on(client: Client) -> bool:
+    """Whether ``client``'s scheduler runs the scheduler route."""
+    found = await scheduler_status(client)
+    return not isinstance(found, str) and bool(found.get("route"))
+
+
+async def scheduler_status(client: Client, observe: bool = True) -> dict[str, Any] | str:
+    """What the scheduler says of dedupgraph there (``dedupgraph.scheduler.status``), or the problem, with the fix.
+
+    ``observe``: a scheduler without the route gets the hint (see ``dedupgraph.hint``).
+    """
     from distributed.protocol.pickle import dumps
 
     try:
         # unpickling the probe, by reference, imports dedupgraph on the scheduler
         response = await client.scheduler.run_function(
-            function=dumps(_probe), args=dumps(()), kwargs=dumps({}), wait=True
+            function=dumps(_probe), args=dumps(()), kwargs=dumps({"observe": observe}), wait=True
         )
     except Exception as e:  # the unpickling error comes back raised
         return _fix(client, f"{type(e).__name__}: {e}")
     if response.get("status") != "OK":
         return _fix(client, repr(response.get("exception", response)))
-    version = response.get("result")
-    if version != dedupgraph.__version__:
+    found = response.get("result")
+    if not isinstance(found, dict):  # an older dedupgraph answers with its version
+        found = {"version": found, "route": False}
+    if found.get("version") != dedupgraph.__version__:
         warnings.warn(
-            f"dedupgraph {dedupgraph.__version__} here, {version} on the scheduler "
+            f"dedupgraph {dedupgraph.__version__} here, {found.get('version')} on the scheduler "
             f"{client.scheduler.address}: install the same version everywhere",
             RuntimeWarning,
             stacklevel=2,
         )
-    return None
+    return found
 
 
-def _probe() -> str:
-    return dedupgraph.__version__
+def _probe(dask_scheduler: Scheduler | None = None, observe: bool = True) -> dict[str, Any]:
+    """Runs on the scheduler: its status; where the route is off, it gets the hint instead."""
+    from dedupgraph import scheduler
+
+    if dask_scheduler is None:
+        return {"version": dedupgraph.__version__, "route": False}
+    found = scheduler.status(dask_scheduler)
+    if observe and not found["route"]:
+        scheduler.observe(dask_scheduler)
+    return found
 
 
 def _fix(client: Client, error: str) -> str:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dask._task_spec import GraphNode
 
     from dedupgraph.candidates import Candidates
-    from dedupgraph.plan import Plan, Summary
+    from dedupgraph.plan import Apart, Plan, Summary
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Row:
     hoisted: bool  #: whether the settings hoist it
     reason: str | None  #: why not: below min-bytes, single use, below min-count, unpicklable, excluded
     key: str | None  #: the key it gets when hoisted
+    copies: int = 1  #: distinct objects with this content that ``merge-equal`` keeps apart (one row each)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Report:
     carrying_tasks: int  #: tasks that carry at least one row's object
     settings: Settings
     summary: Summary  #: what the settings hoist, in the numbers of the pass's INFO line
+    apart: tuple[Apart, ...] = ()  #: equal copies kept apart by ``merge-equal``, and what merging would save
 
     @property
     def duplicated_bytes(self) -> int:
@@ -71,6 +73,7 @@ class Report:
         s = self.settings
         verdict = self.summary.message(would=True) if self.summary.objects else "would hoist nothing"
         settings = f"With min-bytes {format_bytes(s.min_bytes)}, min-count {s.min_count}: {verdict}."
+        settings += "".join(f"\nAlso {kept.message(s.merge_equal)}." for kept in self.apart)
         if not self.rows:
             return f"Nothing listed in {self.tasks} tasks: nothing duplicated.\n{settings}"
         n = len(self.rows)
@@ -123,6 +126,7 @@ class Report:
             duplicated_bytes=self.duplicated_bytes,
             summary=asdict(self.summary),
             settings=asdict(self.settings),
+            apart=[asdict(kept) for kept in self.apart],
         )
         return frame
 
@@ -170,51 +174,54 @@ def graph_report(graph: Mapping[Hashable, GraphNode], settings: Settings) -> Rep
     # need must still be able to import dedupgraph (see dedupgraph.compat)
     from dedupgraph.candidates import find_candidates
     from dedupgraph.fingerprint import FingerprintMemo, is_excluded
+    from dedupgraph.immutability import merge_policy
     from dedupgraph.plan import NOTABLE_BYTES, plan_hoists
 
     floor = min(NOTABLE_BYTES, settings.min_bytes)
     # exclusions are judged per content below, so that their size shows
     memo = FingerprintMemo(floor, frozenset(settings.exclude), judge_exclusions=False)
-    found = find_candidates(graph, memo, record_from_bytes=floor, record_inline=True)
+    may_merge = merge_policy(settings.merge_equal)
+    found = find_candidates(graph, memo, record_from_bytes=floor, record_inline=True, may_merge=may_merge)
     exclude = frozenset(settings.exclude)
-    excluded = {d for d, value in found.values.items() if is_excluded(value, exclude)}
+    excluded = {g for g, value in found.values.items() if is_excluded(value, exclude)}
     plan = plan_hoists(found, settings, excluded)
     rows = [*_content_rows(found, plan, excluded, settings), *_inline_rows(found)]
     rows.sort(key=lambda r: (-(r.saved_bytes or 0), -(r.nbytes or 0), r.label))
-    carriers = {k for d in _shown_digests(found, settings) for k in found.keys[d]}
+    carriers = {k for g in _shown_groups(found, settings) for k in found.keys[g]}
     carriers.update(k for obj in found.inline.values() for k in obj.keys)
-    return Report(tuple(rows), len(graph), len(carriers), settings, plan.summary())
+    return Report(tuple(rows), len(graph), len(carriers), settings, plan.summary(), plan.apart)
 
 
-def _shown_digests(found: Candidates, settings: Settings) -> list[str]:
+def _shown_groups(found: Candidates, settings: Settings) -> list[str]:
     # contents that reach min-bytes, and smaller ones only where they repeat
     return [
-        d
-        for d, fp in found.fingerprints.items()
-        if fp.nbytes >= settings.min_bytes or len(found.keys[d]) > 1
+        g
+        for g, fp in found.fingerprints.items()
+        if fp.nbytes >= settings.min_bytes or len(found.keys[g]) > 1
     ]
 
 
 def _content_rows(found: Candidates, plan: Plan, excluded: set[str], settings: Settings) -> list[Row]:
     from dedupgraph.fingerprint import EXCLUDED
-    from dedupgraph.plan import hoisted_key, why_inline
+    from dedupgraph.plan import why_inline
 
     rows = []
-    for digest in _shown_digests(found, settings):
-        fp, value, ntasks = found.fingerprints[digest], found.values[digest], len(found.keys[digest])
-        hoisted = digest in plan.hoists
-        reason = None if hoisted else EXCLUDED if digest in excluded else why_inline(fp.nbytes, ntasks, settings)
+    for group in _shown_groups(found, settings):
+        fp, value, ntasks = found.fingerprints[group], found.values[group], len(found.keys[group])
+        hoisted = group in plan.hoists
+        reason = None if hoisted else EXCLUDED if group in excluded else why_inline(fp.nbytes, ntasks, settings)
         rows.append(
             Row(
                 label=fp.label,
                 type=_type_name(value),
                 nbytes=fp.nbytes,
                 tasks=ntasks,
-                where=_where(found.positions[digest], value),
+                where=_where(found.positions[group], value),
                 saved_bytes=fp.nbytes * (ntasks - 1),
                 hoisted=hoisted,
                 reason=reason,
-                key=hoisted_key(fp) if hoisted else None,
+                key=plan.hoists[group].key if hoisted else None,
+                copies=len(found.apart.get(fp.digest, (group,))),
             )
         )
     return rows

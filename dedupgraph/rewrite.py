@@ -15,34 +15,33 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from dask._task_spec import DataNode, GraphNode, Task, TaskRef
 
 from dedupgraph.candidates import Candidates
-from dedupgraph.fingerprint import FingerprintMemo
-from dedupgraph.plan import Plan
+from dedupgraph.plan import Hoist, Plan
 from dedupgraph.transform import SUBGRAPH, TaskTransformer
 
 
 class _Hoister(TaskTransformer):
     """Replaces every hoisted leaf with a reference to its key."""
 
-    def __init__(self, refs: Mapping[str, TaskRef], memo: FingerprintMemo) -> None:
+    def __init__(self, refs: Mapping[str, TaskRef], group_of: Mapping[int, str]) -> None:
         self.refs = refs
-        # stage 1 fingerprinted every leaf of the graph: identity finds them again
-        self.digests = memo.ids_with_digest(refs)
+        # stage 1 recorded every large leaf of the graph: identity finds them again
+        self.groups = {ident: group for ident, group in group_of.items() if group in refs}
         self.used: set[str] = set()
         # nested tasks may be shared between fused tasks: rewrite each once
         self._done: dict[int, tuple[Task, GraphNode]] = {}
 
     def visit_leaf(self, value: Any, where: str) -> Any:
-        digest = self.digests.get(id(value))
-        if digest is None:
+        group = self.groups.get(id(value))
+        if group is None:
             return value
-        self.used.add(digest)
-        return self.refs[digest]
+        self.used.add(group)
+        return self.refs[group]
 
     def visit_task(self, task: Task, where: str | None = None) -> GraphNode:
         if where is None:  # a top-level entry: never shared, nothing to remember
@@ -61,23 +60,31 @@ def rewrite_graph(
     plan: Plan,
     candidates: Candidates,
     references: Mapping[str, TaskRef] | None = None,
+    place: Callable[[Hoist], tuple[GraphNode, GraphNode] | None] | None = None,
 ) -> dict[Hashable, GraphNode]:
     """A new graph dict: carrying tasks rewritten, all other tasks the same objects.
 
     By default each hoisted content becomes a ``DataNode`` under its key.  With
-    ``references`` (digest -> ``TaskRef``, e.g. a distributed ``Future`` of
+    ``references`` (group -> ``TaskRef``, e.g. a distributed ``Future`` of
     already scattered data) tasks reference those instead and no node is added.
+    ``place`` (from a route, e.g. ``host_share.placement``) may put a hoist
+    elsewhere: it returns (the node to add, under its own key; the node that
+    carrying tasks get instead of the object), or None for the default.
     """
     own_keys = references is None
-    refs = references if references is not None else {d: TaskRef(h.key) for d, h in plan.hoists.items()}
-    hoister = _Hoister(refs, candidates.memo)
+    placed = {g: p for g, h in plan.hoists.items() if (p := place(h)) is not None} if own_keys and place else {}
+    refs = references if references is not None else {
+        g: placed[g][1] if g in placed else TaskRef(h.key) for g, h in plan.hoists.items()
+    }
+    hoister = _Hoister(refs, candidates.group_of)
     hoister.visit_subgraph_inner = any(SUBGRAPH in candidates.positions[d] for d in plan.hoists)
     carriers = {key for hoist in plan.hoists.values() for key in hoist.tasks}
     out = dict(graph)
     for key in carriers:
         out[key] = hoister.visit_node(graph[key])
     if own_keys:
-        for digest in hoister.used:
-            hoist = plan.hoists[digest]
-            out[hoist.key] = DataNode(hoist.key, hoist.value)
+        for group in hoister.used:
+            hoist = plan.hoists[group]
+            node = placed[group][0] if group in placed else DataNode(hoist.key, hoist.value)
+            out[node.key] = node
     return out

@@ -14,6 +14,7 @@ only once the scheduler confirms they are still in memory.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
@@ -163,12 +164,24 @@ def _scattered(client: Client, hoists: Mapping[str, Hoist], broadcast: bool) -> 
     release, and the answer tells whether the key is still in memory.
     """
     data = {h.key: _whole(h.value) for h in hoists.values()}
-    futures = client.scatter(data, broadcast=broadcast, hash=False)
+    # A host-shared object goes from the client to one worker; copies between
+    # workers of a host then carry a ticket, not the buffers (see host_share).
+    host_shared = broadcast and any(_is_host_shared(v) for v in data.values())
+    futures = client.scatter(data, broadcast=broadcast and not host_shared, hash=False)
     for key in futures:
         client.futures[key].reset()  # "finished" again only by the answer below
         client._send_to_scheduler({"op": "report-key", "key": key})
     _wait_for_answers(futures.values())
-    return {d: futures[h.key] for d, h in hoists.items() if futures[h.key].status == "finished"}
+    done = {d: futures[h.key] for d, h in hoists.items() if futures[h.key].status == "finished"}
+    if host_shared and done:
+        client.replicate(list(done.values()))
+    return done
+
+
+def _is_host_shared(value: Any) -> bool:
+    # only a module that is already imported can have made one
+    module = sys.modules.get("dedupgraph.host_share")
+    return module is not None and isinstance(value, module.HostShared)
 
 
 def _wait_for_answers(futures: Iterable[Future]) -> None:

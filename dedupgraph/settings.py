@@ -1,7 +1,7 @@
 """Settings of the pass: one frozen dataclass, read from ``dask.config``.
 
->>> Settings.from_config(min_bytes="1 MiB")
-Settings(min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760)
+>>> Settings.from_config(min_bytes="1 MiB").min_bytes
+1048576
 
 Defaults live in ``dedupgraph.yaml`` and are registered with dask's config on
 import, so ``DASK_DEDUPGRAPH__MIN_BYTES=1MiB`` in the environment and
@@ -35,7 +35,7 @@ class Settings:
     """What the pass hoists.
 
     >>> Settings(min_bytes=1024, min_count=3)
-    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760)
+    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5)
 
     ``min_bytes``: pickled size from which a repeated object is hoisted.
     ``min_count``: how many tasks must carry the same content.
@@ -43,6 +43,14 @@ class Settings:
     ``exclude``: fully qualified type names (``"mypackage.Model"``) never hoisted.
     ``hint_bytes``: while the pass is off, duplicated payload in one graph from
     which a hint to switch it on is logged (once per process); None: never.
+    ``merge_equal``: whether distinct objects with equal pickles share one key:
+    ``"immutable"`` only where no task can change what another sees (bytes,
+    str, read-only arrays...), ``"always"``, or ``"never"`` (by identity only).
+    ``share``: ``"process"`` (one copy per worker process) or ``"host"`` (large
+    buffers of hoisted objects in shared memory, one copy per host).
+    ``share_min_bytes``: out-of-band buffer bytes from which ``share="host"`` applies.
+    ``share_limit``: the most that dedupgraph's segments may take of a host's
+    shared memory: a fraction (0 to 1) of ``/dev/shm``'s size, or a number of bytes.
     """
 
     min_bytes: int = 64 * 1024
@@ -50,6 +58,10 @@ class Settings:
     dry_run: bool = False
     exclude: tuple[str, ...] = ()
     hint_bytes: int | None = 10 * 2**20
+    merge_equal: str = "immutable"
+    share: str = "process"
+    share_min_bytes: int = 2**20
+    share_limit: float | int = 0.5
 
     def __post_init__(self) -> None:
         _check_int("min-bytes", self.min_bytes, minimum=0)
@@ -58,6 +70,10 @@ class Settings:
             _check_int("hint-bytes", self.hint_bytes, minimum=0)
         if not isinstance(self.dry_run, bool):
             raise ValueError(f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
+        _check_choice("merge-equal", self.merge_equal, MERGE_EQUAL_CHOICES)
+        _check_choice("share", self.share, SHARE_CHOICES)
+        _check_int("share-min-bytes", self.share_min_bytes, minimum=0)
+        _check_share_limit(self.share_limit)
         if not isinstance(self.exclude, tuple) or not all(
             isinstance(name, str) and name.strip() for name in self.exclude
         ):
@@ -88,8 +104,8 @@ class Settings:
     def as_config(self) -> dict[str, Any]:
         """These settings as a ``dask.config.set`` mapping.
 
-        >>> Settings(min_bytes=10, hint_bytes=None).as_config()
-        {'dedupgraph.min-bytes': 10, 'dedupgraph.min-count': 2, 'dedupgraph.dry-run': False, 'dedupgraph.exclude': (), 'dedupgraph.hint-bytes': None}
+        >>> Settings(min_bytes=10, hint_bytes=None).as_config()["dedupgraph.hint-bytes"] is None
+        True
         """
         return {
             f"{CONFIG_KEY}.{field.name.replace('_', '-')}": getattr(self, field.name)
@@ -123,14 +139,20 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             value = _parse_bool_string(value)
         if field == "exclude":
             value = _type_names(value)
-        if isinstance(value, float) and value.is_integer():
+        if field in ("merge_equal", "share") and isinstance(value, str):
+            value = value.strip().lower()
+        if field == "share_limit":
+            value = _share_limit(value)
+        if isinstance(value, float) and value.is_integer() and field != "share_limit":
             # "1e6" in an environment variable arrives as a float
             value = int(value)
         out[field] = value
     return out
 
 
-_BYTE_FIELDS = {"min_bytes": "min-bytes", "hint_bytes": "hint-bytes"}
+_BYTE_FIELDS = {"min_bytes": "min-bytes", "hint_bytes": "hint-bytes", "share_min_bytes": "share-min-bytes"}
+MERGE_EQUAL_CHOICES = ("immutable", "always", "never")
+SHARE_CHOICES = ("process", "host")
 
 
 def _means_off(value: Any) -> bool:
@@ -162,6 +184,35 @@ _BOOL_STRINGS = {"true": True, "yes": True, "1": True, "false": False, "no": Fal
 def _parse_bool_string(text: str) -> bool | str:
     # DASK_DEDUPGRAPH__DRY_RUN=true arrives as the string "true"
     return _BOOL_STRINGS.get(text.strip().lower(), text)
+
+
+def _share_limit(value: Any) -> Any:
+    # "0.5" is a fraction, "8 GiB" a size: both arrive as strings from the environment
+    if isinstance(value, str):
+        try:
+            return float(value) if "." in value else _parse_byte_string("share-limit", value)
+        except ValueError:
+            return _parse_byte_string("share-limit", value)
+    return value
+
+
+def _check_share_limit(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            "dedupgraph setting 'share-limit' must be a fraction of /dev/shm (0 to 1) "
+            f"or a number of bytes, got {value!r}"
+        )
+    if isinstance(value, float) and not 0 <= value <= 1:
+        raise ValueError(f"dedupgraph setting 'share-limit' as a fraction must be within 0 and 1, got {value}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"dedupgraph setting 'share-limit' must be >= 0, got {value}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"dedupgraph setting {name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -108,6 +108,11 @@ def hoisted_keys(graph: dict[Hashable, Any]) -> list[str]:
     return sorted(k for k in graph if isinstance(k, str) and k.startswith("dedup-"))
 
 
+def case_settings(case: str) -> dict[str, Any]:
+    """The settings under which a case of ``CASES`` hoists its object into one key."""
+    return {"merge_equal": "always"} if case == "delayed-equal-copies" else {}
+
+
 # --- every position a user's object can take, each case a collection whose tasks embed ``m``
 
 N_CHUNKS = 12
@@ -153,6 +158,7 @@ CASES = {
     "delayed-Set-task": lambda m: [
         delayed(sum_sizes)({delayed(_inc)(i), m}) for i in range(N_CHUNKS)
     ],
+    # equal but distinct (mutable) objects share a key only with merge-equal: always
     "delayed-equal-copies": lambda m: [
         delayed(uses_mapper)(i, Mapper()) for i in range(N_CHUNKS)
     ],

@@ -145,3 +145,26 @@ def test_bench_choices_are_the_suites():
 
     choices = {p.name: tuple(p.type.choices) for p in bench.params if isinstance(p.type, click.Choice)}
     assert choices == {"modes": suite.MODES, "collections": suite.COLLECTIONS, "sizes": tuple(suite.SIZES)}
+
+
+def test_info_names_the_scheduler_preload_of_this_process():
+    assert "scheduler preload" not in info_text()
+    with dedupgraph.enable():
+        assert "scheduler preload: dedupgraph.scheduler, so a scheduler started here (LocalCluster) runs the scheduler route" in info_text()
+
+
+def test_info_asks_a_scheduler_whether_it_runs_the_route():
+    from distributed import LocalCluster
+
+    from dedupgraph.cli import scheduler_text
+
+    for preloads, expected in (([], "scheduler route: off (the route is not switched on"), (["dedupgraph.scheduler"], "scheduler route: on")):
+        with dask.config.set({"distributed.scheduler.preload": preloads}):
+            with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+                text, ok = scheduler_text(cluster.scheduler_address)
+                plugins = cluster.scheduler.plugins
+        assert ok and text.startswith(f"scheduler {cluster.scheduler_address}: dedupgraph {dedupgraph.__version__}\n")
+        assert expected in text and "min-bytes=65536" in text
+        assert "dedupgraph-hint" not in plugins  # asking changes nothing there
+    text, ok = scheduler_text("tcp://127.0.0.1:1", timeout=2)
+    assert not ok and text.startswith("scheduler tcp://127.0.0.1:1: cannot connect")

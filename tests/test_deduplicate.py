@@ -244,14 +244,14 @@ def _value_type(key, dask_worker):
 
 
 def test_second_call_reuses_the_future_on_the_cluster(client):
-    # equal content in distinct objects: same key, sent once
+    # equal content in distinct objects (merge-equal: always): same key, sent once
     first = [delayed(uses_mapper)(i, Mapper(30_003)) for i in range(8)]
     second = [delayed(uses_mapper)(i + 50, Mapper(30_003)) for i in range(8)]
     with mock.patch.object(client, "scatter", wraps=client.scatter) as scatter:
-        (a,) = deduplicate(first, client=client)
+        (a,) = deduplicate(first, client=client, merge_equal="always")
         key = hoisted_keys(collection_graph(a[0]))[0]
         before = client.run(_data_id, key)
-        (b,) = deduplicate(second, client=client)
+        (b,) = deduplicate(second, client=client, merge_equal="always")
         assert client.gather(client.compute(a + b)) == [uses_mapper(i, Mapper(30_003)) for i in range(8)] + [
             uses_mapper(i + 50, Mapper(30_003)) for i in range(8)
         ]
@@ -279,11 +279,13 @@ def test_broadcast_puts_a_copy_on_every_worker(client):
 
 
 def test_fixes_the_large_graph_warning_for_equal_distinct_objects(client):
-    # 50 tasks x 241 KB, each its own Mapper: pickled once each, 12 MB
+    # 50 tasks x 241 KB, each its own Mapper (a model loaded in a loop): pickled once each, 12 MB
     colls = [delayed(uses_mapper)(i, Mapper(30_005)) for i in range(50)]
     with pytest.warns(UserWarning, match="Sending large graph"):
         plain = client.persist(colls)
-    (dedup,) = deduplicate(colls, client=client)
+    (kept_apart,) = deduplicate(colls, client=client)  # merge-equal: immutable keeps mutable copies apart
+    assert kept_apart is colls
+    (dedup,) = deduplicate(colls, client=client, merge_equal="always")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="Sending large graph")
         ours = client.persist(dedup)
@@ -332,10 +334,10 @@ def _wait_until(predicate, timeout=10.0):
 
 
 def test_a_second_client_reuses_what_the_first_holds(cluster, client):
-    (first,) = deduplicate([delayed(uses_mapper)(i, Mapper(30_006)) for i in range(4)], client=client)
+    (first,) = deduplicate([delayed(uses_mapper)(i, m) for m in [Mapper(30_006)] for i in range(4)], client=client)
     with Client(cluster, set_as_default=False) as other:
         with mock.patch.object(other, "scatter", wraps=other.scatter) as scatter:
-            (second,) = deduplicate([delayed(uses_mapper)(i, Mapper(30_006)) for i in range(4, 8)], client=other)
+            (second,) = deduplicate([delayed(uses_mapper)(i, m) for m in [Mapper(30_006)] for i in range(4, 8)], client=other)
         assert scatter.call_count == 0
         del first
         gc.collect()

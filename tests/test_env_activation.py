@@ -46,6 +46,7 @@ SHOW = """
     for key in ("array_optimize", "delayed_optimize", "bag_optimize"):
         print(key, type(dask.config.get(key, None)).__name__)
     print("preload", dask.config.get("distributed.client.preload", None))
+    print("scheduler preload", dask.config.get("distributed.scheduler.preload", None))
 """
 
 
@@ -89,13 +90,15 @@ def test_true_values_switch_the_pass_on_whatever_is_imported_first(value, first_
         "bag_optimize Deduplicator",
     ]
     assert lines[4] == "preload ['dedupgraph.preload']"
+    # a scheduler started in this process (dask scheduler, LocalCluster) runs the scheduler route
+    assert lines[5] == "scheduler preload ['dedupgraph.hint', 'dedupgraph.scheduler']"
 
 
 @pytest.mark.parametrize("value", ["0", "false", "no", ""])
 def test_other_values_leave_everything_alone(value):
     done = run(SHOW, value)
     assert done.stdout.splitlines()[0] == "[]"
-    assert "Deduplicator" not in done.stdout
+    assert "Deduplicator" not in done.stdout and "dedupgraph.scheduler" not in done.stdout
 
 
 END_TO_END = """

@@ -90,8 +90,8 @@ def _expected(mapper):
 
 
 def _computed_with_the_pass(client, rows):
-    """(the hoisted key, futures of TASKS slow tasks that each carry an equal Mapper(rows))."""
-    tasks = [delayed(slow_uses_mapper)(i, Mapper(rows)) for i in range(TASKS)]
+    """(the hoisted key, futures of TASKS slow tasks that all carry one Mapper(rows))."""
+    tasks = [delayed(slow_uses_mapper)(i, m) for m in [Mapper(rows)] for i in range(TASKS)]
     with dedupgraph.enable():
         key = hoisted_keys(optimized_graph(tasks))[0]
         return key, client.compute(tasks)
@@ -126,7 +126,7 @@ def test_broadcast_survives_losing_a_worker_mid_computation(two):
     _ready(two, 2)
     mapper = Mapper(30_102)
     (tasks,) = dedupgraph.deduplicate(
-        [delayed(slow_uses_mapper)(i, Mapper(30_102)) for i in range(TASKS)], client=two, broadcast=True
+        [delayed(slow_uses_mapper)(i, m) for m in [Mapper(30_102)] for i in range(TASKS)], client=two, broadcast=True
     )
     futures = two.compute(tasks)
     _kill_when_some_done(two, futures, victims=[next(iter(_ready(two, 2)))])
@@ -136,7 +136,7 @@ def test_broadcast_survives_losing_a_worker_mid_computation(two):
 def test_scattered_object_lost_with_its_only_worker_fails_clearly(two):
     _ready(two, 2)
     (tasks,) = dedupgraph.deduplicate(
-        [delayed(slow_uses_mapper)(i, Mapper(30_103)) for i in range(TASKS)], client=two, broadcast=False
+        [delayed(slow_uses_mapper)(i, m) for m in [Mapper(30_103)] for i in range(TASKS)], client=two, broadcast=False
     )
     key = hoisted_keys(optimized_graph(tasks))[0]
     [holder] = _holders(two, key)
@@ -148,7 +148,7 @@ def test_scattered_object_lost_with_its_only_worker_fails_clearly(two):
 def test_broadcast_object_lost_with_every_worker_mid_computation_fails_clearly(one):
     _ready(one, 1)
     (tasks,) = dedupgraph.deduplicate(
-        [delayed(slow_uses_mapper)(i, Mapper(30_104)) for i in range(TASKS)], client=one, broadcast=True
+        [delayed(slow_uses_mapper)(i, m) for m in [Mapper(30_104)] for i in range(TASKS)], client=one, broadcast=True
     )
     futures = one.compute(tasks)
     _kill_when_some_done(one, futures, victims=list(_ready(one, 1)))
@@ -157,7 +157,7 @@ def test_broadcast_object_lost_with_every_worker_mid_computation_fails_clearly(o
     # the fix the message gives: deduplicate the original collections again
     _ready(one, 1)
     (again,) = dedupgraph.deduplicate(
-        [delayed(slow_uses_mapper)(i, Mapper(30_104)) for i in range(TASKS)], client=one
+        [delayed(slow_uses_mapper)(i, m) for m in [Mapper(30_104)] for i in range(TASKS)], client=one
     )
     assert one.gather(one.compute(again)) == _expected(Mapper(30_104))
 
@@ -207,9 +207,9 @@ def test_two_persists_send_the_object_once_config_route(two):
     graph, as every config-route graph does, and to a worker).
     """
     _ready(two, 2)
-    first = [delayed(slow_uses_mapper)(i, Mapper(30_105)) for i in range(TASKS)]
-    second = [delayed(slow_uses_mapper)(i + 100, Mapper(30_105)) for i in range(TASKS)]
-    later = [delayed(slow_uses_mapper)(i + 200, Mapper(30_105)) for i in range(4)]
+    first = [delayed(slow_uses_mapper)(i, m) for m in [Mapper(30_105)] for i in range(TASKS)]
+    second = [delayed(slow_uses_mapper)(i + 100, m) for m in [Mapper(30_105)] for i in range(TASKS)]
+    later = [delayed(slow_uses_mapper)(i + 200, m) for m in [Mapper(30_105)] for i in range(4)]
     with dedupgraph.enable(), GraphBytes(two) as sent:
         key = hoisted_keys(optimized_graph(first))[0]
         a, b = two.persist(first), two.persist(second)  # the second while the first runs
@@ -227,11 +227,13 @@ def test_two_persists_send_the_object_once_deduplicate_route(two):
     with GraphBytes(two) as before:
         wait(two.persist(plain))
     with GraphBytes(two) as sent:
-        (first,) = dedupgraph.deduplicate([delayed(uses_mapper)(i, Mapper(30_106)) for i in range(20)], client=two)
+        # 20 equal copies, as a model loaded once per task: merged with merge-equal "always"
+        copies = [delayed(uses_mapper)(i, Mapper(30_106)) for i in range(20)]
+        (first,) = dedupgraph.deduplicate(copies, client=two, merge_equal="always")
         a = two.persist(first)
         wait(a)
         (second,) = dedupgraph.deduplicate(
-            [delayed(uses_mapper)(i + 100, Mapper(30_106)) for i in range(20)], client=two
+            [delayed(uses_mapper)(i + 100, Mapper(30_106)) for i in range(20)], client=two, merge_equal="always"
         )
         b = two.persist(second)
         assert two.gather(two.compute(b)) == [uses_mapper(i + 100, Mapper(30_106)) for i in range(20)]
@@ -247,7 +249,7 @@ def test_concurrent_submissions_from_threads(two):
 
     def work(n):
         mapper = Mapper(30_200 + n)  # each thread its own large object
-        tasks = [delayed(uses_mapper)(i, Mapper(30_200 + n)) for i in range(12)]
+        tasks = [delayed(uses_mapper)(i, mapper) for i in range(12)]
         barrier.wait()
         if n % 2:
             (tasks,) = dedupgraph.deduplicate(tasks, client=two, broadcast=n == 3)

@@ -18,10 +18,10 @@ from payloads import hoisted_keys, optimized_graph
 N = 6
 
 
-def _run(colls):
+def _run(colls, **settings):
     """Results without and with the pass, and the pass's graph."""
     expected = dask.compute(*colls, scheduler="sync")
-    with dedupgraph.enable():
+    with dedupgraph.enable(**settings):
         graph = optimized_graph(*colls)
         got = dask.compute(*colls, scheduler="threads")
     return expected, got, graph
@@ -136,10 +136,14 @@ def test_numpy_views_of_a_bigger_buffer():
     base = np.arange(1_000_000, dtype="f8")
     views = [base[:100_000], base[100_000:200_000], base[::10], base[:100_000].view()]
     colls = [delayed(lambda v, i: float(v.sum()) + i)(v, i) for v in views for i in range(2)]
-    expected, got, graph = _run(colls)
+    expected, got, graph = _run(colls, merge_equal="always")
     assert got == expected
     # the first and last views hold the same bytes: they share a key; the others have their own
     assert len(hoisted_keys(graph)) == 3
+    # by default, writeable views are never merged: each is hoisted on its own
+    expected, got, graph = _run(colls)
+    assert got == expected
+    assert len(hoisted_keys(graph)) == 4
 
 
 def test_pandas_object_dtype():
@@ -147,9 +151,12 @@ def test_pandas_object_dtype():
     s2 = pd.Series([f"word-{i}" for i in range(20_000)], dtype=object)
     s3 = pd.Series([("tuple", i) for i in range(20_000)], dtype=object)
     colls = [delayed(lambda s, i: (len(s), s.iloc[i]))(s, i) for s in (s1, s2, s3) for i in range(2)]
-    expected, got, graph = _run(colls)
+    expected, got, graph = _run(colls, merge_equal="always")
     assert got == expected
     assert len(hoisted_keys(graph)) == 2  # s1 and s2 are equal content
+    expected, got, graph = _run(colls)  # by default, mutable Series are never merged
+    assert got == expected
+    assert len(hoisted_keys(graph)) == 3
 
 
 @pytest.mark.parametrize("exc", [TypeError, MemoryError, KeyboardInterrupt])

@@ -25,6 +25,7 @@ from payloads import (
     Mapper,
     Unpicklable,
     _arr,
+    case_settings,
     _inc,
     hoisted_keys,
     optimized_graph,
@@ -59,7 +60,7 @@ def test_results_unchanged_and_payload_collapses(case, scheduler, process_pool):
     coll = CASES[case](m)
     expected = _compute(coll, scheduler, process_pool)
 
-    with dedupgraph.enable():
+    with dedupgraph.enable(**case_settings(case)):
         got = _compute(coll, scheduler, process_pool)
         graph = optimized_graph(coll)
     _assert_same(got, expected)

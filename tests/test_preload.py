@@ -27,6 +27,7 @@ from distributed import Client, LocalCluster
 
 import dedupgraph
 import dedupgraph.preload as preload
+from dedupgraph import courier
 
 TESTS_DIR = Path(__file__).resolve().parent
 BIG = bytes(range(256)) * 1200  # 300 KB, carried by every task below (bytes: delayed does not traverse them)
@@ -178,3 +179,63 @@ def test_env_route_guards_the_first_distributed_computation(bare, tmp_path):
     assert "on before: Deduplicator" in done.stdout, done.stdout
     assert "on after: " in done.stdout and "on after: Deduplicator" not in done.stdout
     assert done.stderr.count("cannot import dedupgraph") == 1, done.stderr[-3000:]
+
+
+ENV_ROUTE_EVERY_KIND = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, pandas as pd
+    import dask, dask.array as da, dask.dataframe as dd
+    from distributed import Client
+
+    class Blob:  # small to dask's sizeof (distributed itself fails client.map of large keywords)
+        def __init__(self):
+            self.data = bytes(range(256)) * 1200
+
+        def __len__(self):
+            return len(self.data)
+
+    BIG = Blob()
+
+    def with_len(part, blob):
+        return part.assign(y=part.x + len(blob))
+
+    def item(x, blob):
+        return x + len(blob)
+
+    pdf = pd.DataFrame({"x": np.arange(40)})
+    with Client(scheduler_file=sys.argv[1]) as c:
+        df = dd.from_pandas(pdf, npartitions=8).map_partitions(with_len, BIG)
+        assert c.compute(df).result().sort_index().equals(pdf.assign(y=pdf.x + len(BIG)))
+        arr = da.zeros((8, 2), chunks=(1, 2)).map_blocks(lambda b, blob: b + len(blob), BIG)
+        assert float(c.compute(arr.sum()).result()) == 16.0 * len(BIG)
+        assert c.gather(c.map(item, range(4), blob=BIG)) == [i + len(BIG) for i in range(4)]
+        assert c.gather([c.submit(item, i, BIG) for i in range(3)]) == [i + len(BIG) for i in range(3)]
+    print("every kind ok")
+    """
+)
+
+
+def test_env_route_client_work_is_unaffected_by_a_scheduler_without_dedupgraph(bare, tmp_path):
+    # DataFrames, arrays, client.map and submit: the client sends nothing the scheduler cannot read
+    file, _ = bare
+    env = {**os.environ, "DASK_DEDUPGRAPH__ENABLED": "True"}
+    env.pop("DASK_DISTRIBUTED__CLIENT__PRELOAD", None)
+    done = subprocess.run(
+        [sys.executable, "-c", ENV_ROUTE_EVERY_KIND, file], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every kind ok" in done.stdout
+    assert done.stderr.count("cannot import dedupgraph") == 1, done.stderr[-3000:]
+
+
+def test_the_probe_tells_whether_the_scheduler_runs_the_route():
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+        with Client(cluster, set_as_default=False) as c:
+            found = c.sync(preload.scheduler_status, c, observe=False)
+            assert found["version"] == dedupgraph.__version__ and found["route"] is False
+    with dask.config.set({"distributed.scheduler.preload": ["dedupgraph.scheduler"], "distributed.client.preload": ["dedupgraph.preload"]}):
+        with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+            with Client(cluster, set_as_default=False) as c:
+                assert c.sync(preload.scheduler_status, c)["route"] is True
+                assert courier.attached(c)  # its graphs carry the settings in force here

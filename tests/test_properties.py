@@ -29,9 +29,18 @@ MIN_BYTES = 32 * 1024
 
 
 class Big:
-    def __init__(self, tag: int) -> None:
+    def __init__(self, tag: int, ident: int | None = None) -> None:
         self.tag = tag
         self.payload = bytes([tag]) * PAYLOAD
+        # which object this is, for results that tell equal copies apart; left
+        # out of the pickle, so that copies still have equal content
+        self.ident = ident
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tag": self.tag, "payload": self.payload}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, ident=None)
 
     def describe(self, *args: Any, **kwargs: Any) -> str:
         return digest(("bound", self.tag, describe(*args, **kwargs)))
@@ -51,7 +60,7 @@ class Unpicklable(Big):
 def canonical(value: Any) -> Any:
     """A description of a value by content, never by identity."""
     if isinstance(value, Big):
-        return (type(value).__name__, value.tag, len(value.payload))
+        return (type(value).__name__, value.tag, len(value.payload), value.ident)
     if isinstance(value, dict):
         return ("dict", sorted((repr(k), canonical(v)) for k, v in value.items()))
     if isinstance(value, (set, frozenset)):
@@ -82,9 +91,10 @@ def closure_over(obj: Any):
 
 
 # A pool of objects per example: index 0 and 1 are equal copies, 2 differs,
-# 3 is unpicklable, 4 is small.
-def make_pool() -> list[Any]:
-    return [Big(1), Big(1), Big(2), Unpicklable(3), 7]
+# 3 is unpicklable, 4 is small.  With ``identity``, results tell the copies apart.
+def make_pool(identity: bool) -> list[Any]:
+    ident = range(4) if identity else [None] * 4
+    return [Big(1, ident[0]), Big(1, ident[1]), Big(2, ident[2]), Unpicklable(3, ident[3]), 7]
 
 
 leaf = st.one_of(
@@ -144,8 +154,8 @@ def build_func(kind: str, obj: Any) -> Any:
     return describe
 
 
-def build_graph(specs: list[Any]) -> dict[str, Any]:
-    pool = make_pool()
+def build_graph(specs: list[Any], identity: bool = True) -> dict[str, Any]:
+    pool = make_pool(identity)
     graph: dict[str, Any] = {}
     for index, (shape, func_kind, func_obj, arg_descs, kwarg_descs) in enumerate(specs):
         key = f"t-{index}"
@@ -177,11 +187,12 @@ def validate(graph: dict[str, Any]) -> None:
     tuple(graphlib.TopologicalSorter({k: n.dependencies for k, n in graph.items()}).static_order())
 
 
-def check(specs: list[Any]) -> None:
-    graph = build_graph(specs)
+def check(specs: list[Any], merge_equal: str = "immutable") -> None:
+    """Results, validity and idempotence; results tell equal copies apart unless they may merge."""
+    graph = build_graph(specs, identity=merge_equal != "always")
     keys = list(graph)
     expected = dask.get(graph, keys)
-    opt = Deduplicator(min_bytes=MIN_BYTES)
+    opt = Deduplicator(min_bytes=MIN_BYTES, merge_equal=merge_equal)
     out = opt(graph, keys)
     validate(out)
     assert dask.get(out, keys) == expected
@@ -199,6 +210,13 @@ def test_random_graphs_keep_their_results(specs):
     check(specs)
 
 
+@pytest.mark.parametrize("merge_equal", ["always", "never"])
+@settings(max_examples=100, deadline=None, suppress_health_check=health)
+@examples
+def test_random_graphs_keep_their_results_whatever_merges(merge_equal, specs):
+    check(specs, merge_equal)
+
+
 @pytest.mark.slow
 @settings(max_examples=3000, deadline=None, suppress_health_check=health)
 @examples
@@ -210,7 +228,14 @@ def test_generated_graphs_do_hoist():
     """The property is not vacuous: equal and shared objects really get hoisted."""
     specs = [("task", "plain", 0, [("obj", 0)], {}), ("fused", "bound", 2, [("obj", 1)], {"a": ("obj", 2)})]
     graph = build_graph(specs)
-    out = Deduplicator(min_bytes=MIN_BYTES)(graph, list(graph))
+    out = Deduplicator(min_bytes=MIN_BYTES, merge_equal="always")(graph, list(graph))
     # Big(1) and its equal copy sit in two tasks; Big(2) and its bound method in one only
     assert [k.split("-")[1] for k in out if k.startswith("dedup-")] == ["Big"]
-    check(specs)
+    check(specs, "always")
+    # a mutable Big(1) and its copy are two objects, each in one task: nothing to hoist
+    assert Deduplicator(min_bytes=MIN_BYTES)(graph, list(graph)) is graph
+    shared = [("task", "plain", 0, [("obj", 0)], {}), ("task", "plain", 0, [("obj", 0), ("obj", 1)], {})]
+    graph = build_graph(shared)
+    out = Deduplicator(min_bytes=MIN_BYTES)(graph, list(graph))
+    assert [k.split("-")[1] for k in out if k.startswith("dedup-")] == ["Big"]  # Big(1) #0, by identity
+    check(shared)

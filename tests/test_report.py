@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import logging
 import re
 
@@ -17,7 +19,7 @@ from dask import delayed
 import dedupgraph
 from dedupgraph.report import Report
 
-from payloads import CASES, N_CHUNKS, Mapper, Unpicklable, hoisted_keys, optimized_graph, uses_mapper
+from payloads import CASES, N_CHUNKS, Mapper, Unpicklable, case_settings, hoisted_keys, optimized_graph, uses_mapper
 
 # Where each case of payloads.CASES carries its object, as the report names it.
 WHERE = {
@@ -49,12 +51,12 @@ def big_rows(report: Report):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_position_is_reported_with_the_key_the_pass_gives(case):
     coll = CASES[case](Mapper())
-    report = dedupgraph.inspect(coll)
+    report = dedupgraph.inspect(coll, **case_settings(case))
     [row] = big_rows(report)
     assert row.where == (WHERE[case],)
     assert row.tasks == N_CHUNKS and row.hoisted and row.reason is None
     assert row.saved_bytes == row.nbytes * (N_CHUNKS - 1)
-    with dedupgraph.enable():
+    with dedupgraph.enable(**case_settings(case)):
         assert [row.key] == hoisted_keys(optimized_graph(coll))
 
 
@@ -79,11 +81,11 @@ def test_reasons_for_leaving_objects_inline():
     keep = dedupgraph.keep_inline(Mapper(30_001))
     unpicklable = Unpicklable()
     colls = [
-        [delayed(uses_mapper)(i, Mapper(30_002)) for i in range(3)],  # hoisted
+        [delayed(uses_mapper)(i, shared) for shared in [Mapper(30_002)] for i in range(3)],  # hoisted
         delayed(uses_mapper)(0, Mapper(30_003)),  # single use
         [delayed(uses_mapper)(i, keep) for i in range(3)],  # excluded: marked
         [delayed(lambda i, u: i)(i, unpicklable) for i in range(4)],
-        [delayed(np.sum)(np.arange(2_000)) for _ in range(5)],  # 16 KB: below min-bytes
+        [delayed(np.sum)(small) for small in [np.arange(2_000)] for _ in range(5)],  # 16 KB: below min-bytes
     ]
     report = dedupgraph.inspect(*colls)
     by_reason = {r.reason: r for r in report.rows}
@@ -122,18 +124,39 @@ def test_text_html_and_pandas_forms():
     html = report._repr_html_()
     assert html.count("<tr>") == 1 + len(report.rows) + 1 and "payloads.Mapper" in html and "no: unpicklable" in html
     frame = report.to_pandas()
-    assert list(frame.columns) == ["label", "type", "nbytes", "tasks", "where", "saved_bytes", "hoisted", "reason", "key"]
+    assert list(frame.columns) == [
+        "label", "type", "nbytes", "tasks", "where", "saved_bytes", "hoisted", "reason", "key", "copies"
+    ]
     assert frame.loc[0, "key"].startswith("dedup-Mapper-") and frame.loc[0, "saved_bytes"] == 4 * frame.loc[0, "nbytes"]
     assert pd.isna(frame.loc[1, "nbytes"]) and frame["nbytes"].dtype == "Int64"
     assert frame.attrs["summary"]["objects"] == 1 and frame.attrs["tasks"] == 6
 
 
 def test_long_reports_print_their_largest_rows():
-    colls = [[delayed(uses_mapper)(i, Mapper(30_000 + n)) for i in range(2)] for n in range(35)]
+    colls = [[delayed(uses_mapper)(i, m) for m in [Mapper(30_000 + n)] for i in range(2)] for n in range(35)]
     report = dedupgraph.inspect(*colls)
     assert len(report.rows) == 35
     assert "... and 5 more rows (report.to_pandas() has them all)" in str(report)
     assert len(report.to_pandas()) == 35
+
+
+def test_equal_copies_kept_apart_are_shown_with_what_merging_would_save(caplog):
+    copies = [Mapper(30_011) for _ in range(4)]  # a model loaded once per task
+    colls = [delayed(uses_mapper)(i, m) for i, m in enumerate(copies)]
+    report = dedupgraph.inspect(colls)
+    rows = big_rows(report)
+    assert len(rows) == 4 and {(r.tasks, r.hoisted, r.reason, r.copies) for r in rows} == {(1, False, "single use", 4)}
+    assert report.summary.objects == 0
+    [kept] = report.apart
+    assert (kept.label, kept.copies, kept.merge_saves) == ("Mapper", 4, 3 * rows[0].nbytes)
+    assert "Also kept 4 equal copies of Mapper" in str(report) and "merging them would save" in str(report)
+    assert report.to_pandas().attrs["apart"] == [asdict(kept)]
+    caplog.set_level(logging.DEBUG, logger="dedupgraph")
+    with dedupgraph.enable():
+        dask.compute(*colls, scheduler="sync")
+    assert kept.message("immutable") in [r.getMessage() for r in caplog.records]
+    merged = dedupgraph.inspect(colls, merge_equal="always")
+    assert merged.summary.objects == 1 and merged.apart == ()
 
 
 def test_inspect_changes_nothing():
@@ -152,7 +175,7 @@ def test_inspect_changes_nothing():
 def test_the_info_line_and_the_report_agree(caplog):
     m = Mapper()
     arr = (da.zeros((30, 10), chunks=(1, 10)).map_blocks(uses_mapper, m, meta=np.array(())) + 1).sum()
-    ds = [delayed(uses_mapper)(i, Mapper(30_010)) for i in range(7)]
+    ds = [delayed(uses_mapper)(i, shared) for shared in [Mapper(30_010)] for i in range(7)]
     caplog.set_level(logging.INFO, logger="dedupgraph")
     with dedupgraph.enable():
         dask.compute(arr, scheduler="sync")

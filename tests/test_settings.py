@@ -32,12 +32,34 @@ def test_environment_variables_override_defaults():
         "DASK_DEDUPGRAPH__MIN_COUNT": "3",
         "DASK_DEDUPGRAPH__DRY_RUN": "true",
         "DASK_DEDUPGRAPH__HINT_BYTES": "1 GiB",
+        "DASK_DEDUPGRAPH__MERGE_EQUAL": "Always",
+        "DASK_DEDUPGRAPH__SHARE": "host",
+        "DASK_DEDUPGRAPH__SHARE_MIN_BYTES": "4 MiB",
+        "DASK_DEDUPGRAPH__SHARE_LIMIT": "0.25",
     }
     code = "import dedupgraph; print(dedupgraph.Settings.from_config())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (
-        "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=(), hint_bytes=1073741824)"
+        "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=(), hint_bytes=1073741824, "
+        "merge_equal='always', share='host', share_min_bytes=4194304, share_limit=0.25)"
     )
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("immutable", "immutable"), ("ALWAYS", "always"), (" never ", "never")],
+)
+def test_merge_equal_spellings(value, expected):
+    assert Settings.from_config(merge_equal=value).merge_equal == expected
+    with dask.config.set({"dedupgraph.merge-equal": value}):
+        assert Settings.from_config().merge_equal == expected
+    with dedupgraph.enable(merge_equal=value):
+        assert dedupgraph.dedup.effective_settings().merge_equal == expected
+
+
+@pytest.mark.parametrize("value, expected", [("0.5", 0.5), ("8 GiB", 8 * 2**30), (1.0, 1.0), (2**20, 2**20), ("1000", 1000)])
+def test_share_limit_is_a_fraction_or_bytes(value, expected):
+    assert Settings.from_config(share_limit=value).share_limit == expected
 
 
 @pytest.mark.parametrize("off", [None, False, "None", "false", "off"])
@@ -63,6 +85,13 @@ def test_hint_bytes_can_be_switched_off(off):
         ({"hint_bytes": "much"}, "hint-bytes"),
         ({"hint_bytes": -5}, "hint-bytes"),
         ({"hint_bytes": True}, "hint-bytes"),
+        ({"merge_equal": "sometimes"}, "merge-equal"),
+        ({"merge_equal": True}, "merge-equal"),
+        ({"share": "cluster"}, "share"),
+        ({"share_min_bytes": "big"}, "share-min-bytes"),
+        ({"share_limit": 1.5}, "share-limit"),
+        ({"share_limit": "half"}, "share-limit"),
+        ({"share_limit": -1}, "share-limit"),
     ],
 )
 def test_invalid_settings_name_the_setting(settings, name):

@@ -1,0 +1,158 @@
+"""What the scheduler route adds to the scheduler's own work on a graph: materialize plus order.
+
+    python -m dedupgraph.benchmarks.scheduler_cost                         # ~60,000 and ~200,000 tasks
+    python -m dedupgraph.benchmarks.scheduler_cost --tasks 60000 --collections array --repeat 5
+
+For each collection (``array``: ``(ones.map_blocks(f, obj) + 1).sum()`` over
+``chunks=(1, 4)``; ``dataframe``: ``from_pandas(...).map_partitions(f, obj)``,
+persisted) and scenario (``none``: ``obj`` is a small int; ``shared``: one
+~241 KB object in every task), the expression is built and pickled as
+``Client.persist`` sends it.  Then, ``--repeat`` times and alternating the
+two modes, a freshly unpickled copy is timed through what
+``Scheduler.update_graph`` runs in its thread: ``plain``, distributed's
+``_materialize_graph`` then ``dask.order.order``; ``route``, the same
+through ``dedupgraph.route.Route`` (the config route absent: the client
+ships no pass).  ``gc.collect()`` before each timing; the medians are
+compared.  Targets (issue 11): at most +5% for ``none``, +10% for ``shared``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from dask.base import collections_to_expr
+from distributed.protocol import deserialize, serialize, to_serialize
+
+from .seed import Mapper
+from dedupgraph.route import Route, Submission
+
+COLLECTIONS = ("array", "dataframe")
+SCENARIOS = ("none", "shared")
+LIMITS = {"none": 0.05, "shared": 0.10}
+
+
+def add_obj(block: np.ndarray, obj: Any) -> np.ndarray:
+    return block + (len(obj.s) % 7 if isinstance(obj, Mapper) else obj)
+
+
+def assign_obj(part: pd.DataFrame, obj: Any) -> pd.DataFrame:
+    return part.assign(y=part.x + (len(obj.s) % 7 if isinstance(obj, Mapper) else obj))
+
+
+def build(collection: str, scenario: str, tasks: int) -> Any:
+    """The collection with about ``tasks`` tasks once materialized."""
+    obj: Any = Mapper() if scenario == "shared" else 1
+    if collection == "array":
+        # ones fused with map_blocks and +1: one task a chunk, plus the sum's tree
+        return (da.ones((tasks // 2, 4), chunks=(1, 4)).map_blocks(add_obj, obj) + 1).sum()
+    partitions = tasks // 2  # persisted unfused: from_pandas and map_partitions, a task each
+    frame = pd.DataFrame({"x": np.arange(2 * partitions)})
+    return dd.from_pandas(frame, npartitions=partitions, sort=False).map_partitions(
+        assign_obj, obj, meta={"x": "i8", "y": "i8"}
+    )
+
+
+def submitted(collection: Any) -> tuple[Any, list[Any]]:
+    """The expression as ``Client.persist`` pickles it: (header, frames)."""
+    expr = collections_to_expr([collection]).optimize()
+    return serialize(to_serialize(expr), on_error="raise")
+
+
+def _original() -> Callable[..., Any]:
+    import inspect
+
+    import distributed.scheduler
+
+    return inspect.unwrap(distributed.scheduler._materialize_graph)
+
+
+@dataclass(frozen=True)
+class Row:
+    collection: str
+    scenario: str
+    tasks: int
+    plain_s: float
+    route_s: float
+    hoisted: int
+
+    @property
+    def overhead(self) -> float:
+        return self.route_s / self.plain_s - 1
+
+    @property
+    def limit(self) -> float:
+        return LIMITS[self.scenario]
+
+
+def measure(collection: str, scenario: str, tasks: int, repeat: int = 3) -> Row:
+    """Median times of plain and route, interleaved, over ``repeat`` freshly unpickled copies."""
+    header, frames = submitted(build(collection, scenario, tasks))
+    original = _original()
+    route = Route()
+    times: dict[str, list[float]] = {"plain": [], "route": []}
+    ntasks = hoisted = 0
+    for index in range(repeat):
+        # alternate which mode goes first: the process warms up as it goes
+        modes = ("plain", "route") if index % 2 == 0 else ("route", "plain")
+        for mode in modes:
+            expr = deserialize(header, frames)  # the scheduler does this before, outside the thread
+            gc.collect()
+            start = time.perf_counter()
+            if mode == "plain":
+                dsk, _ = original(expr, False)
+            else:
+                dsk, _ = route.materialize(original, expr, False, Submission())
+            dask.order.order(dsk)
+            times[mode].append(time.perf_counter() - start)
+            if mode == "route":
+                hoisted = sum(1 for k in dsk if isinstance(k, str) and k.startswith("dedup-"))
+            else:
+                ntasks = len(dsk)
+            del dsk, expr
+    return Row(collection, scenario, ntasks, statistics.median(times["plain"]), statistics.median(times["route"]), hoisted)
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    lines = [
+        "| collection | scenario | tasks | materialize + order (s) | with the route (s) | added | target | hoisted keys |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = "met" if r.overhead <= r.limit else "MISSED"
+        lines.append(
+            f"| {r.collection} | {r.scenario} | {r.tasks} | {r.plain_s:.3f} | {r.route_s:.3f} | "
+            f"{r.overhead:+.1%} | {r.limit:.0%}: {verdict} | {r.hoisted} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.scheduler_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[60_000, 200_000])
+    parser.add_argument("--collections", nargs="+", choices=COLLECTIONS, default=list(COLLECTIONS))
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = []
+    for tasks in args.tasks:
+        for collection in args.collections:
+            for scenario in args.scenarios:
+                rows.append(measure(collection, scenario, tasks, args.repeat))
+                print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Which values no task can change: what ``merge-equal: immutable`` lets share one key.
+
+>>> import numpy as np
+>>> frozen = np.arange(4); frozen.flags.writeable = False
+>>> is_immutable(("a", b"b", 3)), is_immutable(frozen), is_immutable(np.arange(4)), is_immutable([1])
+(True, True, False, False)
+
+Two distinct objects with equal pickles may share one hoisted key only if no
+task can change what another task sees: otherwise a function that fills a
+buffer it was given would write into every other task's buffer too (plain
+dask never shares distinct objects, on any scheduler).  The judgement is
+conservative: anything not recognised here is mutable.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# Types whose instances cannot change at all.
+_ATOMS: frozenset[type] = frozenset(
+    {type(None), bool, int, float, complex, str, bytes, range, slice, type(Ellipsis), type(NotImplemented)}
+)
+_SEQUENCES = (tuple, frozenset)
+# Nesting deeper than this is judged mutable rather than walked (and a cycle ends here).
+_MAX_DEPTH = 32
+
+
+def merge_policy(merge_equal: str) -> Callable[[Any], bool]:
+    """The predicate for the ``merge-equal`` setting: may this object share a key with equal others?
+
+    >>> merge_policy("always")([1]), merge_policy("never")(b"x"), merge_policy("immutable")(b"x")
+    (True, False, True)
+    """
+    if merge_equal == "always":
+        return _always
+    if merge_equal == "never":
+        return _never
+    return is_immutable
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
+def _never(value: Any) -> bool:
+    return False
+
+
+def is_immutable(value: Any, depth: int = 0) -> bool:
+    """Whether no task holding ``value`` can change what another task holding it sees.
+
+    Immutable: ``None``, numbers, ``str``, ``bytes``, ``range``; tuples and
+    frozensets of immutables; numpy scalars and dtypes; numpy arrays that are
+    read-only down to their base, without Python objects inside; pandas
+    ``Index`` objects of immutable values; pandas ``Series`` and ``DataFrame``
+    whose index, columns and every column array are; types and modules
+    (pickled by reference, so equal pickles are the same object anyway); plain
+    functions without closure, attributes or mutable defaults.
+    """
+    if depth > _MAX_DEPTH:
+        return False
+    typ = type(value)
+    if typ in _ATOMS or isinstance(value, (np.generic, np.dtype, type, types.ModuleType)):
+        return True
+    if typ in _SEQUENCES:
+        return all(is_immutable(item, depth + 1) for item in value)
+    if typ is np.ndarray:
+        return _is_read_only_array(value)
+    if isinstance(value, types.FunctionType):
+        return _is_pure_function(value, depth)
+    return _is_immutable_pandas(value, depth)
+
+
+def _is_read_only_array(array: np.ndarray) -> bool:
+    # an object array's elements are Python objects that a task can change in place
+    if array.dtype.hasobject:
+        return False
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    if base is None or isinstance(base, bytes):
+        return True
+    try:
+        with memoryview(base) as view:  # an mmap, a foreign buffer: read-only only if it says so
+            return view.readonly
+    except TypeError:
+        return False
+
+
+def _is_pure_function(func: types.FunctionType, depth: int) -> bool:
+    # a closure cell or a mutable default is state that calls share
+    if func.__closure__ or func.__dict__:
+        return False
+    defaults = (*(func.__defaults__ or ()), *(func.__kwdefaults__ or {}).values())
+    return all(is_immutable(d, depth + 1) for d in defaults)
+
+
+def _is_immutable_pandas(value: Any, depth: int) -> bool:
+    # pandas is imported only when the value's type comes from it
+    if not type(value).__module__.startswith("pandas"):
+        return False
+    import pandas as pd
+
+    if isinstance(value, pd.Index):
+        return _is_immutable_index(value, depth)
+    if isinstance(value, (pd.Series, pd.DataFrame)):
+        if value.attrs:  # a dict any task can fill
+            return False
+        indexes = [value.index] + ([value.columns] if isinstance(value, pd.DataFrame) else [])
+        if not all(_is_immutable_index(index, depth) for index in indexes):
+            return False
+        manager = getattr(value, "_mgr", None)
+        arrays = getattr(manager, "arrays", None)
+        return arrays is not None and all(_is_read_only_column(a) for a in arrays)
+    return False
+
+
+def _is_immutable_index(index: Any, depth: int) -> bool:
+    # an Index has no setitem; only the Python objects an object Index holds can change
+    if index.dtype == object:
+        return all(is_immutable(item, depth + 1) for item in index)
+    return True
+
+
+def _is_read_only_column(array: Any) -> bool:
+    if isinstance(array, np.ndarray):
+        return _is_read_only_array(array)
+    # datetime, timedelta and period extension arrays wrap one ndarray; other
+    # extension arrays (arrow, masked, categorical) can be written through setitem
+    inner = getattr(array, "_ndarray", None)
+    return isinstance(inner, np.ndarray) and _is_read_only_array(inner) and type(array).__module__.startswith("pandas")

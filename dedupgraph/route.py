@@ -1,0 +1,218 @@
+"""What the scheduler route does with one submitted graph, in the scheduler's materialization thread.
+
+>>> from dask._task_spec import Task
+>>> big = bytes(range(256)) * 1000
+>>> graph = {"a": Task("a", len, big), "b": Task("b", len, big)}
+>>> route = Route()
+>>> out, annotations = route.materialize(lambda expr, validate: (dict(expr), {}), graph, False, Submission())
+>>> sorted(key.rsplit("-", 1)[0] for key in out)
+['a', 'b', 'dedup-bytes']
+
+Per graph: (1) find the config route's passes in the expression (a client
+with ``dedupgraph.enable()`` ships a ``Deduplicator`` as the low-level
+optimizer of its arrays, delayed values and bags) and put their base
+optimizers in their place, so that the graph is deduplicated once, here,
+with one walk; (2) materialize as distributed does; (3) deduplicate the
+result with ``optimizer.deduplicate_graph`` and the settings that win;
+(4) keep the task keys, annotations and priorities exactly as plain dask
+gives them, the hoisted keys being data without any.
+
+Settings, first that applies: those of the config route's passes found in
+the expression (the client's, when it submitted); those the client sent
+with the graph (``dedupgraph.wire``); this scheduler's own ``dask.config``.
+
+Any exception leaves the graph as distributed materializes it, with one
+WARNING.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dedupgraph.optimizer import Deduplicator, deduplicate_graph
+from dedupgraph.settings import Settings
+from dedupgraph.wire import from_wire
+
+logger = logging.getLogger("dedupgraph")
+
+Graph = dict[Hashable, Any]
+AnnotationsByType = dict[str, dict[Hashable, Any]]
+Materialize = Callable[[Any, bool], tuple[Graph, AnnotationsByType]]
+
+# Keys of single-task graphs remembered per scheduler (a few hundred bytes each).
+RECENT_KEYS = 4096
+
+
+@dataclass
+class Submission:
+    """One ``update-graph`` message, as far as the route reads it.
+
+    ``annotations`` and ``priorities`` are the message's own dicts, which
+    ``Scheduler.update_graph`` only reads after the materialization: the
+    route adjusts them there for the keys it adds.
+    """
+
+    client_settings: Mapping[str, Any] | None = None  #: the client's settings on the wire, if sent
+    annotations: dict[str, Any] | None = None  #: global annotations, applied by distributed to every new task
+    priorities: dict[Hashable, int] | None = None  #: the client's ``internal_priority`` (client.map, submit)
+    live: Callable[[Hashable], bool] = lambda key: False  #: whether the scheduler already holds a key
+
+
+class Route:
+    """The route of one scheduler: stateless per graph, except the keys recent single-task graphs carried."""
+
+    def __init__(self) -> None:
+        self._recent: OrderedDict[str, int] = OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    def materialize(
+        self, original: Materialize, expr: Any, validate: bool, submission: Submission
+    ) -> tuple[Graph, AnnotationsByType]:
+        """``original(expr, validate)``, deduplicated; what ``_materialize_graph`` returns."""
+        try:
+            slots = config_route_slots(expr)
+            settings = winning_settings([slot[2] for slot in slots], submission.client_settings)
+        except Exception:
+            logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
+            return original(expr, validate)
+        for node, index, pass_ in slots:
+            # one pass per graph: the config route's runs here, on the whole graph, below
+            node.operands[index] = pass_.base
+        dsk, annotations_by_type = original(expr, validate)
+        try:
+            out = self.deduplicated(dsk, settings, submission)
+            if out is not dsk:
+                keep_plain(dsk, out, annotations_by_type, submission)
+            return out, annotations_by_type
+        except Exception:
+            logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
+            return dsk, annotations_by_type
+
+    def deduplicated(self, dsk: Graph, settings: Settings, submission: Submission) -> Graph:
+        """The pass on ``dsk``; a graph of one task also counts other graphs of this scheduler."""
+        if len(dsk) == 1 and settings.min_count > 1 and not settings.dry_run:
+            # within one task nothing reaches min-count: only other graphs can
+            return self._across_graphs(dsk, settings, submission)
+        return deduplicate_graph(dsk, settings)  # type: ignore[return-value]
+
+    def _across_graphs(self, dsk: Graph, settings: Settings, submission: Submission) -> Graph:
+        # client.submit sends one task per graph: a large argument there is
+        # shared by the tasks of successive graphs, which min-count counts
+        # together; once its key exists, later graphs reference it
+        keys = content_keys(next(iter(dsk.values())), settings)
+        if not keys:
+            return dsk
+        with self._recent_lock:
+            seen = {key: self._recent.get(key, 0) for key in keys}
+            for key in keys:
+                self._recent[key] = seen[key] + 1
+                self._recent.move_to_end(key)
+            while len(self._recent) > RECENT_KEYS:
+                self._recent.popitem(last=False)
+        if any(submission.live(key) or seen[key] + 1 >= settings.min_count for key in keys):
+            return deduplicate_graph(dsk, dataclasses.replace(settings, min_count=1))  # type: ignore[return-value]
+        return dsk
+
+
+def config_route_slots(expr: Any) -> list[tuple[Any, int, Deduplicator]]:
+    """``(expression, operand index, pass)`` for each config-route pass set as a low-level optimizer.
+
+    >>> config_route_slots(object())
+    []
+    """
+    slots = []
+    for node in _expressions(expr):
+        parameters = getattr(type(node), "_parameters", ())
+        if "low_level_optimizer" in parameters:
+            index = parameters.index("low_level_optimizer")
+            optimizer = node.operands[index]
+            if isinstance(optimizer, Deduplicator):
+                slots.append((node, index, optimizer))
+    return slots
+
+
+def _expressions(expr: Any) -> Iterator[Any]:
+    """Every expression in ``expr``'s tree, each once, without tokenizing any (``Expr.walk`` would)."""
+    from dask._expr import Expr
+
+    if not isinstance(expr, Expr):
+        return
+    stack, seen = [expr], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        stack.extend(op for op in node.operands if isinstance(op, Expr))
+
+
+def winning_settings(passes: list[Deduplicator], client_settings: Mapping[str, Any] | None) -> Settings:
+    """The config route's settings, else the client's, else this process's (see the module doc)."""
+    if passes:
+        chosen = passes[0].effective_settings()
+        if any(p.effective_settings() != chosen for p in passes[1:]):
+            logger.debug("dedupgraph: the graph's passes differ in settings; the first one's apply to all")
+        return chosen
+    if client_settings is not None:
+        return from_wire(client_settings)
+    return Settings.from_config()
+
+
+def content_keys(node: Any, settings: Settings) -> set[str]:
+    """The hoisted keys the pass would give the large contents that one task carries."""
+    from dedupgraph.fingerprint import FingerprintMemo
+    from dedupgraph.plan import hoisted_key
+    from dedupgraph.transform import walk_leaves
+
+    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    keys: set[str] = set()
+
+    def record(value: Any, where: str) -> None:
+        fp = memo.fingerprint(value)
+        if fp is not None and fp.nbytes >= settings.min_bytes:
+            keys.add(hoisted_key(fp))
+
+    walk_leaves(node, record)
+    return keys
+
+
+def keep_plain(dsk: Graph, out: Graph, annotations_by_type: AnnotationsByType, submission: Submission) -> None:
+    """Make the keys ``out`` adds to ``dsk`` plain data, and leave every other task as plain dask has it.
+
+    - Global annotations (``dask.annotate`` around ``compute``, or its
+      ``workers=``, ``resources=``, ``retries=``, ``priority=``) would reach
+      every new task, the hoisted keys too: they become per-key annotations
+      of the other tasks, with the same precedence as distributed gives them.
+    - ``internal_priority`` sent by the client (``client.map``, ``submit``)
+      covers its tasks only: a hoisted key gets one before all of them.
+    """
+    hoisted = [key for key in out if key not in dsk]
+    if not hoisted:
+        return
+    moved: dict[str, dict[Hashable, Any]] = {}
+    if submission.annotations:
+        added = set(hoisted)
+        for name, value in submission.annotations.items():
+            by_key = dict(annotations_by_type.get(name, {}))
+            for key in out:
+                if key not in added and by_key.get(key) is None:
+                    by_key[key] = value(key) if callable(value) else value
+            moved[name] = by_key
+    first = None
+    if submission.priorities:
+        first = min(submission.priorities.values()) - 1
+    # nothing above can fail half-way through a change; below, plain assignments
+    for name, by_key in moved.items():
+        annotations_by_type[name] = by_key
+    if submission.annotations:
+        submission.annotations.clear()
+    if first is not None:
+        for key in hoisted:
+            submission.priorities.setdefault(key, first)  # type: ignore[union-attr]
