@@ -5,12 +5,18 @@ PY := $(VENV)/bin/python
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PINS := "dask[array,bag,dataframe]==2025.5.0" "distributed==2025.5.0"
 
-.PHONY: demo test test-oldest
+.PHONY: demo test test-oldest docs
 
 # The stamps are rebuilt only when the package metadata changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+# The docs extra (Sphinx, dask's theme) on top of the test one, in the same venv.
+$(VENV)/.docs-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
 $(OLDEST_VENV)/.installed: pyproject.toml Makefile
@@ -27,3 +33,10 @@ test: $(VENV)/.installed
 
 test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -m pytest
+
+# The documentation: HTML in docs/_build/html, then the examples in its pages run
+# as doctests. Warnings are errors; --keep-going reports all of them at once.
+SPHINX := $(PY) -m sphinx -W --keep-going -q -d docs/_build/doctrees
+docs: $(VENV)/.docs-installed
+	$(SPHINX) -b html docs docs/_build/html
+	$(SPHINX) -b doctest docs docs/_build/doctest

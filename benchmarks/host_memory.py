@@ -38,7 +38,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import select
 import subprocess
 import time
 import warnings
@@ -55,6 +54,8 @@ from distributed import Client, LocalCluster, wait
 
 import dedupgraph
 from dedupgraph import shared_memory
+
+from . import pss_sampler
 
 MODES = ("host", "process", "deduplicate-host", "scatter-broadcast", "plain")
 SWEEP_MODES = ("host", "process", "scatter-broadcast", "plain")
@@ -100,25 +101,7 @@ class Row:
 
 def host_memory(pids: Sequence[int], directory: Path) -> int:
     """Bytes: the workers' PSS outside shared memory, plus dedupgraph's segments in ``directory``."""
-    total = 0
-    for pid in pids:
-        fields = _smaps_rollup(pid)
-        total += fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
-    return total + shared_memory.usage(directory)
-
-
-def _smaps_rollup(pid: int) -> dict[str, int]:
-    fields = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                parts = rest.split()
-                if len(parts) == 2 and parts[1] == "kB":
-                    fields[name] = int(parts[0]) * 1024
-    except (FileNotFoundError, ProcessLookupError):  # a worker that just died
-        pass
-    return fields
+    return pss_sampler.host_memory(pids, str(directory))
 
 
 class HostMemory:
@@ -142,8 +125,8 @@ class HostMemory:
         self._child: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> HostMemory:
-        code = "import sys; from dedupgraph.benchmarks.host_memory import sample_until_eof as s; s(*sys.argv[1:])"
-        args = [sys.executable, "-c", code, str(self.directory), str(self.interval), *map(str, self.pids)]
+        # run by path: the standard library only, it starts in a blink
+        args = [sys.executable, "-I", "-S", pss_sampler.__file__, str(self.directory), str(self.interval), *map(str, self.pids)]
         self._child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self._child.stdout is not None
         self._child.stdout.readline()  # "ready": sampling has begun
@@ -160,16 +143,6 @@ class HostMemory:
 
     def since(self, start: float) -> list[int]:
         return [v for t, v in self.samples if t >= start]
-
-
-def sample_until_eof(directory: str, interval: str, *pids: str) -> None:
-    """The sampling process: ``time value`` lines on stdout until stdin closes."""
-    print("ready", flush=True)
-    rows = []
-    while not select.select([sys.stdin], [], [], float(interval))[0]:
-        rows.append(f"{time.monotonic()} {host_memory([int(p) for p in pids], Path(directory))}")
-    rows.append(f"{time.monotonic()} {host_memory([int(p) for p in pids], Path(directory))}")
-    print("\n".join(rows))
 
 
 # --- one cell: a mode on a fresh cluster of n workers
@@ -248,7 +221,7 @@ def measure(mode: str, workers: int, model: Model, tasks: int, seconds: float, r
                 persisted, coll, persist_s = _persisted(mode, model, tasks, seconds, client)
                 persist_times.append(persist_s)
             del persisted, coll
-            for _ in range(repeat):
+            for _ in range(max(1, repeat)):
                 time.sleep(SETTLE_S)
                 start = time.perf_counter()
                 with switched(mode):
@@ -378,6 +351,22 @@ def write(rows: Sequence[Row], workers: int, out: Path) -> Path:
     report = out / "host_memory.md"
     report.write_text(markdown(rows, workers) + "\n")
     return report
+
+
+@dataclass(frozen=True)
+class Part:
+    """This benchmark as a part of ``dedupgraph bench`` (``suite.Plan.host_memory``)."""
+
+    mb: float = 200.0
+    workers: int = 4
+    sweep: tuple[int, ...] = (1, 2, 4, 8)
+    tasks: int = 16
+    task_seconds: float = 0.3
+
+    def run(self, out: Path, progress: Any) -> str:
+        """Measure, write the files into ``out``, and return the markdown section."""
+        rows = run(self.mb, self.workers, self.sweep, self.tasks, self.task_seconds, progress=progress)
+        return write(rows, self.workers, out).read_text()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,10 +15,17 @@ mode, collection and size gets a fresh cluster.
 
 Modes: ``plain`` (dask's default), ``dedup-config``
 (``dask.config.set(array_optimize=dedupgraph.dedup)`` and friends, via
-``dedupgraph.enable()``), ``deduplicate`` and ``deduplicate-broadcast``
+``dedupgraph.enable()``), ``scheduler`` (the scheduler route: the cluster's
+scheduler started with the ``dedupgraph.scheduler`` preload, nothing switched
+on in the client), ``deduplicate`` and ``deduplicate-broadcast``
 (``dedupgraph.deduplicate(..., client=client, broadcast=...)``),
 ``scatter-broadcast`` (``client.scatter(obj, broadcast=True)``, the best known
 manual fix) and ``delayed-create`` (the object built inside ``dask.delayed``).
+
+Collections: ``array`` (``map_blocks``), ``delayed``, ``bag`` (``map``),
+``dataframe`` (dask-expr ``map_partitions``) and ``array-expr`` (``map_blocks``
+with ``array.query-planning: True``, which dask reads once per process: those
+cells run in a child process).
 A second part times the pass against dask's own array optimization
 (``dedupgraph.benchmarks.overhead``).  Results go to ``--output``: ``cells.csv``,
 ``overhead.csv``, ``memory_samples.csv``, ``results.md`` and three PNG plots.
@@ -29,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,18 +57,23 @@ from distributed.diagnostics import MemorySampler
 from distributed.protocol.pickle import dumps as distributed_dumps
 
 import dedupgraph
+from dedupgraph.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE, with_preload
+from dedupgraph.optimizer import deduplicate_graph
 from . import overhead
 from .seed import Mapper, local_cluster
 
 MODES = (
     "plain",
     "dedup-config",
+    "scheduler",
     "deduplicate",
     "deduplicate-broadcast",
     "scatter-broadcast",
     "delayed-create",
 )
-COLLECTIONS = ("array", "delayed", "bag", "dataframe")
+COLLECTIONS = ("array", "delayed", "bag", "dataframe", "array-expr")
+# collections the config route has no optimizer key for: it embeds there, as plain dask
+NO_CONFIG_HOOK = ("dataframe", "array-expr")
 SIZES = {"60KB": 7_500, "250KB": 30_000, "2MB": 250_000}  # Series rows for each pickled size
 MEMORY_BUDGET = 6 * 2**30  # cells whose embedded copies would need more are skipped
 # A persist that takes longer has stalled (paused workers): the cell says so, the run goes on.
@@ -120,7 +133,7 @@ def frame_fn(part: pd.DataFrame, mapper: Mapper) -> pd.DataFrame:
 
 def build(collection: str, start: int, count: int, arg: Any) -> Any:
     """``count`` chunks (numbered from ``start``) of ``collection``, each task using ``arg``."""
-    if collection == "array":
+    if collection in ("array", "array-expr"):  # which one is dask.array's choice in this process
         zeros = da.zeros((count, 10), chunks=(1, 10))
         return zeros.map_blocks(block_fn, arg, meta=np.array((), dtype="f8"))
     if collection == "delayed":
@@ -162,8 +175,8 @@ def persist_in_mode(mode: str, collection: str, start: int, count: int, mapper: 
 
 def embeds(mode: str, collection: str) -> bool:
     """Whether every task carries its own copy of the object in this cell (see ``_applies``)."""
-    # the config route has no optimizer hook for dask-expr DataFrames: plain dask there
-    return mode == "plain" or (mode == "dedup-config" and collection == "dataframe")
+    # the config route has no optimizer hook for dask-expr DataFrames and array-expr: plain dask there
+    return mode == "plain" or (mode == "dedup-config" and collection in NO_CONFIG_HOOK)
 
 
 def graph_sizes(mode: str, collection: str, count: int, mapper: Mapper, client: Client) -> tuple[int, int]:
@@ -181,6 +194,8 @@ def graph_sizes(mode: str, collection: str, count: int, mapper: Mapper, client: 
         expr = collections_to_expr(colls)
         sent = len(distributed_dumps(expr))  # as the client pickles it, in one call
         graph = dict(expr.optimize().__dask_graph__())
+    if mode == "scheduler":  # what the route makes of it on the scheduler
+        graph = dict(deduplicate_graph(graph, dedupgraph.Settings.from_config()))
     payload = sum(len(cloudpickle.dumps(node)) for node in graph.values())
     return sent, payload
 
@@ -188,8 +203,21 @@ def graph_sizes(mode: str, collection: str, count: int, mapper: Mapper, client: 
 # --- measuring ---------------------------------------------------------------
 
 
-def cluster() -> contextlib.AbstractContextManager[Client]:
-    return local_cluster(memory_limit="4GiB")
+def cluster(mode: str = "plain") -> contextlib.AbstractContextManager[Client]:
+    """The cell's cluster; in ``scheduler`` mode its scheduler runs the route (a scheduler preload)."""
+    if mode != "scheduler":
+        return local_cluster(memory_limit="4GiB")
+    preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS, None), SCHEDULER_ROUTE)
+    stack = contextlib.ExitStack()
+    with dask.config.set({SCHEDULER_PRELOADS: preloads}):  # read when the scheduler starts
+        client = stack.enter_context(local_cluster(memory_limit="4GiB"))
+
+    @contextlib.contextmanager
+    def running() -> Any:
+        with stack:
+            yield client
+
+    return running()
 
 
 def _settled(sampler: MemorySampler, label: str) -> tuple[float, float]:
@@ -253,27 +281,121 @@ def measure_cells(mode: str, collection: str, size: str, plan: Plan, client: Cli
 def run_cells(
     plan: Plan, progress: Callable[[str], None], checkpoint: Callable[[list[Cell]], None] = lambda cells: None
 ) -> tuple[list[Cell], MemorySampler]:
-    """Every cell of ``plan``; ``checkpoint`` gets the cells so far after each group (an hour's run)."""
+    """Every cell of ``plan``; ``checkpoint`` gets the cells so far after each group (an hour's run).
+
+    With ``plan.fresh_cluster``, each group gets a cluster of its own, whose
+    scheduler in ``scheduler`` mode starts with the route's preload; without,
+    one cluster serves every group, the route switched on for ``scheduler`` mode.
+    """
     sampler = MemorySampler()
     cells: list[Cell] = []
     work = [(c, s) for c in plan.collections for s in plan.sizes]
     done, total_cells, begun = 0, len(plan.modes) * len(work), time.perf_counter()
-    for mode in plan.modes:
-        with contextlib.ExitStack() as per_mode:
-            shared = None if plan.fresh_cluster else per_mode.enter_context(cluster())
+    elsewhere = tuple(c for c in plan.collections if c in CHILD_COLLECTIONS and not array_expr_here())
+    from_child = cells_in_child(dataclasses.replace(plan, collections=elsewhere)) if elsewhere else []
+    with contextlib.ExitStack() as whole:
+        shared = None if plan.fresh_cluster else whole.enter_context(cluster())
+        for mode in plan.modes:
             for collection, size in work:
                 started = time.perf_counter()
-                with contextlib.nullcontext(shared) if shared else cluster() as client:
-                    cells += measure_cells(mode, collection, size, plan, client, sampler)
+                if (mode, collection) in UNSUPPORTED:
+                    pass
+                elif collection in elsewhere:
+                    cells += [c for c in from_child if (c.mode, c.collection, c.size) == (mode, collection, size)]
+                elif shared is not None:
+                    with route_switched(shared, mode == "scheduler"):
+                        cells += measure_cells(mode, collection, size, plan, shared, sampler)
+                else:
+                    with cluster(mode) as client:
+                        cells += measure_cells(mode, collection, size, plan, client, sampler)
                 checkpoint(cells)
                 done += 1
                 elapsed = time.perf_counter() - begun
                 left = elapsed / done * (total_cells - done)
+                skipped = UNSUPPORTED.get((mode, collection))
                 progress(
-                    f"[{done}/{total_cells}] {mode:22} {collection:9} {size:6} {time.perf_counter() - started:6.1f}s"
-                    f"   elapsed {_clock(elapsed)}, about {_clock(left)} left"
+                    f"[{done}/{total_cells}] {mode:22} {collection:10} {size:6} "
+                    + (f"skipped: {skipped}" if skipped else f"{time.perf_counter() - started:6.1f}s")
+                    + f"   elapsed {_clock(elapsed)}, about {_clock(left)} left"
                 )
     return cells, sampler
+
+
+@contextlib.contextmanager
+def route_switched(client: Client, on: bool) -> Any:
+    """The scheduler route on for ``client``'s (in-process) scheduler while the block runs, if ``on``."""
+    if not on:
+        yield
+        return
+    client.run_on_scheduler(_switch_route, on=True)
+    try:
+        yield
+    finally:
+        client.run_on_scheduler(_switch_route, on=False)
+
+
+def _switch_route(dask_scheduler: Any, on: bool) -> None:
+    from dedupgraph import scheduler
+
+    if on:
+        scheduler.install(dask_scheduler)
+    else:
+        scheduler.uninstall(dask_scheduler)
+
+
+# Collections that need a process of their own: dask.array reads array.query-planning once, at import.
+CHILD_COLLECTIONS = ("array-expr",)
+# (mode, collection) pairs that plain dask cannot run: no cells, a line in the report
+UNSUPPORTED = {
+    ("delayed-create", "array-expr"): "dask's array-expr loses a delayed map_blocks argument when "
+    "persisting on distributed (futures cancelled: lost dependencies), with or without dedupgraph",
+}
+
+
+def array_expr_here() -> bool:
+    """Whether ``dask.array`` in this process is array-expr (``array.query-planning: True``)."""
+    return type(da.ones(1)).__module__.startswith("dask.array._array_expr")
+
+
+def cells_in_child(plan: Plan) -> list[Cell]:
+    """The cells of ``plan`` (array-expr collections), measured by this suite in a child process."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
+        env = {**os.environ, "DASK_ARRAY__QUERY_PLANNING": "True"}
+        # its progress lines go to stderr, as the parent's do
+        subprocess.run([sys.executable, "-m", "dedupgraph.benchmarks.suite", "--cells-only", tmp], env=env, check=True)
+        with Path(tmp, "cells.csv").open() as f:
+            return [_cell(row) for row in csv.DictReader(f)]
+
+
+def _cell(row: dict[str, str]) -> Cell:
+    types = {f.name: f.type for f in dataclasses.fields(Cell)}
+    values: dict[str, Any] = {}
+    for name, text in row.items():
+        kind = str(types[name])
+        if "None" in kind:
+            values[name] = None if text == "" else float(text)
+        elif "float" in kind:
+            values[name] = float(text)
+        elif "int" in kind:
+            values[name] = int(text)
+        else:
+            values[name] = text
+    return Cell(**values)
+
+
+def _cells_only(folder: Path) -> None:
+    """The child's side of :func:`cells_in_child`: the plan's cells to ``cells.csv``, nothing else."""
+    fields = json.loads((folder / "plan.json").read_text())
+    plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    if not array_expr_here():
+        raise RuntimeError("array-expr cells need DASK_ARRAY__QUERY_PLANNING=True in the child's environment")
+    cells, _ = run_cells(plan, lambda line: print(f"array-expr, in a child process: {line}", file=sys.stderr, flush=True))
+    write_csv(folder / "cells.csv", cells)
 
 
 def _clock(seconds: float) -> str:
@@ -303,7 +425,7 @@ def write_csv(path: Path, rows: Sequence[Any]) -> None:
         writer.writerows(dataclasses.asdict(r) for r in rows)
 
 
-DEDUP_MODES = ("dedup-config", "deduplicate", "deduplicate-broadcast")
+DEDUP_MODES = ("dedup-config", "scheduler", "deduplicate", "deduplicate-broadcast")
 # Memory readings are process RSS sampled every 0.1 s: a few MB of noise over
 # thousands of chunks.  "No worse" allows this much per chunk above scatter.
 NOISE_KB_PER_CHUNK = 2.0
@@ -329,8 +451,8 @@ def comparable(cells: Sequence[Cell]) -> dict[tuple[str, str], tuple[int, dict[s
 
 
 def _applies(mode: str, collection: str) -> bool:
-    # the config route has no hook for dask-expr DataFrames: plain dask there
-    return mode in DEDUP_MODES and not (mode == "dedup-config" and collection == "dataframe")
+    # the config route has no hook for dask-expr DataFrames and array-expr: plain dask there
+    return mode in DEDUP_MODES and not (mode == "dedup-config" and collection in NO_CONFIG_HOOK)
 
 
 def targets_markdown(cells: Sequence[Cell], overhead_rows: Sequence[overhead.Row]) -> str:
@@ -375,6 +497,10 @@ def targets_markdown(cells: Sequence[Cell], overhead_rows: Sequence[overhead.Row
             + " | ".join(("n/a" if not _applies(m, col) else f"{times[m]:.2f}") if m in times else "" for m in DEDUP_MODES)
             + f" | {verdict} |"
         )
+    skipped = [(m, c) for (m, c) in UNSUPPORTED if any(x.collection == c for x in cells) and any(x.mode == m for x in cells)]
+    if skipped:
+        lines += ["", "Not measured:", ""]
+        lines += [f"- {m} x {c}: {UNSUPPORTED[m, c]}" for m, c in skipped]
     if overhead_rows:
         lines += ["", "Pass overhead on the largest graph, against dask's own optimize:", ""]
     for scenario, limit in (("none", 0.10), ("shared", 0.15)):
@@ -490,7 +616,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m dedupgraph.benchmarks.suite``: the ``dedupgraph bench`` command."""
     from dedupgraph.cli import bench
 
-    bench.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="dedupgraph bench")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--cells-only"]:  # the child process of cells_in_child
+        _cells_only(Path(args[1]))
+        return
+    bench.main(args=args, prog_name="dedupgraph bench")
 
 
 if __name__ == "__main__":

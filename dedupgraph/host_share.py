@@ -42,6 +42,7 @@ clients, schedulers and workers must agree on them.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
@@ -65,9 +66,13 @@ from dedupgraph.settings import Settings
 
 logger = logging.getLogger("dedupgraph")
 
-# Bytes per pull request: what a pull holds in private memory at once.  Larger
-# chunks are no faster, and the allocator keeps the last freed one in the process.
+# A pull requests chunks of at most CHUNK bytes, WINDOW of them in flight, and
+# writes each to the segment as it arrives: it holds at most WINDOW chunks in
+# private memory, and the allocator keeps about one after them.  Chunks are
+# also at most 1/32 of the object, so that this stays small next to it.
 CHUNK = 4 * 2**20
+WINDOW = 4
+MIN_CHUNK = 256 * 2**10
 SCHEDULER = "scheduler"  # a pull source: the scheduler of this worker (or client)
 HANDLER = "dedupgraph_segment_chunk"  # the RPC that serves chunks, added to servers that send tickets
 _PULL_TIMEOUT = 120  # seconds per chunk
@@ -113,7 +118,7 @@ class HostShared:
     made), or only a ticket until the bytes are pulled.  Thread-safe.
     """
 
-    __slots__ = ("layout", "_original", "_data", "_view", "_sources", "_object", "_lock", "__weakref__")
+    __slots__ = ("layout", "_original", "_data", "_view", "_private", "_sources", "_object", "_lock", "__weakref__")
 
     def __init__(
         self,
@@ -126,6 +131,7 @@ class HostShared:
         self._original = original
         self._data = data
         self._view: memoryview | None = None
+        self._private = False  # no segment could be made: the buffers stay in this process
         self._sources = sources
         self._object = _NOTHING
         self._lock = threading.Lock()
@@ -147,9 +153,9 @@ class HostShared:
             return "original"
         if self._view is not None:
             return "mapped"
-        if self._data is not None:
-            return "private" if self._object is not _NOTHING else "received"
-        return "ticket"
+        if self._private:
+            return "private"
+        return "received" if self._data is not None else "ticket"
 
     # --- what tasks get
 
@@ -176,14 +182,14 @@ class HostShared:
         value = HostShared(self.layout, sources=self._sources)
         with self._lock:
             value._data, self._data = self._data, None
-            value._view = self._view
+            value._view, value._private = self._view, self._private
         with value._lock:
             value._resolve(pull=True)
         return value
 
     def _resolve(self, pull: bool) -> None:
         """Under ``_lock``: from received buffers or a ticket to a mapping, or a private copy."""
-        if self._view is not None or self._object is not _NOTHING:
+        if self._view is not None or self._private:
             return
         layout = self.layout
         view = shared_memory.attach(layout.digest, layout.nbytes)
@@ -200,6 +206,8 @@ class HostShared:
         if view is not None:
             self._view = view  # before dropping the data: a concurrent reader always finds one
             self._data = None
+        elif self._data is not None:
+            self._private = True  # one attempt (and one DEBUG line) per instance
 
     def _write_data(self, write: shared_memory.Writer) -> None:
         assert self._data is not None
@@ -359,7 +367,7 @@ def _copy_into(target: bytearray, start: int, data: Any) -> None:
 
 def _pull(layout: Layout, sources: tuple[str, ...], write: Callable[[int, int, Any], None]) -> None:
     """Copy the buffers, chunk by chunk, from the first source that has all of them."""
-    fetch, holders = _connection()
+    run, rpc_to, holders = _connection()
     failures = []
     tried: set[str] = set()
     began = time.perf_counter()
@@ -368,19 +376,14 @@ def _pull(layout: Layout, sources: tuple[str, ...], write: Callable[[int, int, A
             continue
         tried.add(source)
         try:
-            for index, size in enumerate(layout.sizes):
-                for start in range(0, size, CHUNK):
-                    stop = min(size, start + CHUNK)
-                    data = fetch(source, layout.digest, index, start, stop)
-                    if data is None or memoryview(data).nbytes != stop - start:
-                        raise LookupError("does not hold it")
-                    write(index, start, data)
-            logger.debug(
-                "pulled %s (%s) from %s in %.2f s", layout.key, format_bytes(sum(layout.sizes)), source, time.perf_counter() - began
-            )
-            return
+            run(_pull_from, rpc_to(source), layout, write)
         except Exception as e:  # next source
             failures.append(f"{source}: {type(e).__name__}: {e}")
+            continue
+        logger.debug(
+            "pulled %s (%s) from %s in %.2f s", layout.key, format_bytes(sum(layout.sizes)), source, time.perf_counter() - began
+        )
+        return
     raise SharedObjectUnavailable(
         f"dedupgraph: no process could provide the bytes of {layout.key} ({layout.label}, "
         f"{format_bytes(sum(layout.sizes))}), shared per host (share='host'), and this host has no "
@@ -388,8 +391,35 @@ def _pull(layout: Layout, sources: tuple[str, ...], write: Callable[[int, int, A
     )
 
 
-def _connection() -> tuple[Callable[..., Any], Callable[[str], Iterator[str]]]:
-    """(fetch one chunk from a source, the workers holding a key): through this worker, or the default client."""
+def chunk_size(total: int) -> int:
+    """Bytes per pull request for an object of ``total`` bytes.
+
+    >>> chunk_size(200 * 2**20) // 2**20, chunk_size(48 * 2**20) // 2**10, chunk_size(1000) // 2**10
+    (4, 1536, 256)
+    """
+    return max(MIN_CHUNK, min(CHUNK, total // 32))
+
+
+async def _pull_from(rpc: Any, layout: Layout, write: Callable[[int, int, Any], None]) -> None:
+    """Every chunk from one source, ``WINDOW`` requests in flight: round trips overlap."""
+    window = asyncio.Semaphore(WINDOW)
+
+    async def one(index: int, start: int, stop: int) -> None:
+        async with window:
+            call = getattr(rpc, HANDLER)(digest=layout.digest, index=index, start=start, stop=stop)
+            reply = await asyncio.wait_for(call, _PULL_TIMEOUT)
+            data = reply.get("data") if isinstance(reply, dict) and reply.get("status") == "OK" else None
+            if data is None or memoryview(data).nbytes != stop - start:
+                raise LookupError("does not hold it")
+            write(index, start, data)  # a few ms of copying, in the event loop
+
+    step = chunk_size(sum(layout.sizes))
+    chunks = [(i, s, min(size, s + step)) for i, size in enumerate(layout.sizes) for s in range(0, size, step)]
+    await asyncio.gather(*(one(*c) for c in chunks))
+
+
+def _connection() -> tuple[Callable[..., Any], Callable[[str], Any], Callable[[str], Iterator[str]]]:
+    """(run a coroutine function, an rpc to a source, the workers holding a key): through this worker or the default client."""
     from distributed import default_client, get_worker
     from distributed.utils import sync
 
@@ -400,17 +430,17 @@ def _connection() -> tuple[Callable[..., Any], Callable[[str], Iterator[str]]]:
         client = default_client()
         loop, pool, scheduler, me = client.loop, client.rpc, client.scheduler, None
 
-    def fetch(source: str, digest: str, index: int, start: int, stop: int) -> Any:
-        rpc = scheduler if source == SCHEDULER else pool(source)
-        call = getattr(rpc, HANDLER)
-        reply = sync(loop, call, digest=digest, index=index, start=start, stop=stop, callback_timeout=_PULL_TIMEOUT)
-        return reply.get("data") if isinstance(reply, dict) and reply.get("status") == "OK" else None
+    def run(func: Callable[..., Any], *args: Any) -> Any:
+        return sync(loop, func, *args)
+
+    def rpc_to(source: str) -> Any:
+        return scheduler if source == SCHEDULER else pool(source)
 
     def holders(key: str) -> Iterator[str]:
         who_has = sync(loop, scheduler.who_has, keys=[key], callback_timeout=_PULL_TIMEOUT)
         yield from (address for address in who_has.get(key, ()) if address != me)
 
-    return fetch, holders
+    return run, rpc_to, holders
 
 
 # --- serving the bytes, from servers (scheduler, workers) that sent tickets

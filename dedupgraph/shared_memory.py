@@ -2,8 +2,8 @@
 
 >>> layout((10, 3))
 ((0, 64), 67)
->>> segment_name("8c1f")[-5:]
-'-8c1f'
+>>> segment_name("8c1f" * 8).startswith(f"dedupgraph-{os.getuid()}-8c1f")
+True
 
 A segment is a plain file in a tmpfs directory (``/dev/shm``, or
 ``DEDUPGRAPH_SHM_DIR``), named by the content digest of what it holds and by
@@ -308,10 +308,13 @@ class SegmentWriter:
             self._discard()
             raise NoRoom(f"cannot publish {path}: {e}") from e
         os.unlink(self._tmp)
-        st = os.fstat(self._fd)
+        # mapped under its published name, as every other process maps it (our
+        # lock on the written file keeps it from being removed meanwhile)
         with _lock:
-            mm = mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
-            _remember(path, mm, self._fd, st, self.directory)
+            mm = _map_existing(path, self.size, self.directory)
+        self._discard()
+        if mm is None:
+            raise NoRoom(f"{path} cannot be mapped")
         self.view = memoryview(mm)
 
     def _discard(self) -> None:

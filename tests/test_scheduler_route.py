@@ -378,3 +378,15 @@ def test_array_expr_arrays():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["hoisted ['dedup-Table'] [8]", f"result {8 * 4 * 39_999.0}"]
+
+
+def test_scheduler_cost_benchmark_smoke():
+    """``python -m dedupgraph.benchmarks.scheduler_cost`` at a tiny size: behaviour only, no timings asserted."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dedupgraph.benchmarks.scheduler_cost", "--tasks", "400", "--repeat", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout.split("\n\n")[-1].splitlines()[2:]
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[-2].strip() for line in table}
+    assert rows == {("array", "none"): "0", ("array", "shared"): "1", ("dataframe", "none"): "0", ("dataframe", "shared"): "1"}
