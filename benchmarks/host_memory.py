@@ -360,12 +360,13 @@ class Part:
     mb: float = 200.0
     workers: int = 4
     sweep: tuple[int, ...] = (1, 2, 4, 8)
+    sweep_modes: tuple[str, ...] = SWEEP_MODES
     tasks: int = 16
     task_seconds: float = 0.3
 
     def run(self, out: Path, progress: Any) -> str:
         """Measure, write the files into ``out``, and return the markdown section."""
-        rows = run(self.mb, self.workers, self.sweep, self.tasks, self.task_seconds, progress=progress)
+        rows = run(self.mb, self.workers, self.sweep, self.tasks, self.task_seconds, sweep_modes=self.sweep_modes, progress=progress)
         return write(rows, self.workers, out).read_text()
 
 

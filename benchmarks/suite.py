@@ -60,6 +60,7 @@ import dedupgraph
 from dedupgraph.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE, with_preload
 from dedupgraph.optimizer import deduplicate_graph
 from . import overhead
+from .host_memory import Part as HostMemoryPart
 from .seed import Mapper, local_cluster
 
 MODES = (
@@ -92,11 +93,15 @@ class Plan:
     # a fresh cluster for every collection and size (restarting one is less
     # reliable: a restart once waited 120 s for workers that never came back)
     fresh_cluster: bool = True
+    # share="host": peak host memory per sharing mode and worker count, a part of its own
+    host_memory: HostMemoryPart | None = None
 
 
 FULL = Plan((250, 1000, 4000), tuple(SIZES), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0, overhead_repeat=3)
 QUICK = Plan((40, 200), ("250KB",), COLLECTIONS, MODES, (2_000, 10_000), 0.6)
 SMOKE = Plan((3, 6), ("60KB",), COLLECTIONS, MODES, (500,), 0.3, fresh_cluster=False)
+FULL = dataclasses.replace(FULL, host_memory=HostMemoryPart())
+QUICK = dataclasses.replace(QUICK, host_memory=HostMemoryPart(mb=50.0, sweep=(1, 4), sweep_modes=("host", "process")))
 
 
 @dataclass(frozen=True)
@@ -597,6 +602,10 @@ def run(plan: Plan, out: Path, progress: Callable[[str], None]) -> Path:
         f"## Cells\n\n{cells_markdown(cells)}\n\n"
         f"## Pass overhead\n\n{overhead.markdown(overhead_rows)}\n"
     )
+    if plan.host_memory is not None:  # its own files: host_memory.csv, .md, host_memory_vs_workers.png
+        section = plan.host_memory.run(out, progress)
+        with report.open("a") as f:
+            f.write(f"\n## One copy per host: share=\"host\"\n\n{section}")
     return report
 
 

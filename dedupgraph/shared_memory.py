@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import functools
 import logging
 import mmap
@@ -48,6 +47,11 @@ from pathlib import Path
 from types import TracebackType
 
 from dask.utils import format_bytes
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and no /dev/shm either
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger("dedupgraph")
 
@@ -91,7 +95,7 @@ def segment_dir() -> Path | None:
 
     ``/dev/shm`` on Linux, or the directory named by ``DEDUPGRAPH_SHM_DIR``.
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or fcntl is None:
         _no_shared_memory(f"{sys.platform} has no /dev/shm")
         return None
     directory = Path(os.environ.get(DIR_VARIABLE) or DEFAULT_DIR)
@@ -382,7 +386,7 @@ def sweep(directory: Path | None = None) -> list[str]:
     []
     """
     directory = directory or segment_dir()
-    if directory is None:
+    if directory is None or fcntl is None:
         return []
     mine = f"{PREFIX}{os.getuid()}-"
     removed = []
