@@ -50,7 +50,11 @@ def requested() -> bool:
 
 
 def activate() -> None:
-    """Enable the pass for arrays, delayed and bags, and guard every new Client.
+    """Enable the pass for arrays, delayed and bags, guard every new Client, and give the route to schedulers.
+
+    ``dedupgraph.enable()`` also makes ``dedupgraph.scheduler`` a scheduler
+    preload: a ``dask scheduler`` (or a ``LocalCluster``) started in this
+    process deduplicates every graph it receives, DataFrames included.
 
     Never raises: a broken installation must not break ``import dask``.
     """

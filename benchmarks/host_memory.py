@@ -18,9 +18,12 @@ passed to ``map_blocks`` over ``--tasks`` chunks, each task sleeping
 Host memory is the sum over the worker processes of PSS minus their PSS in
 shared memory (``Pss`` - ``Pss_Shmem`` of ``/proc/<pid>/smaps_rollup``), plus
 the allocated size of dedupgraph's segments: every byte counted once.  It is
-sampled every ``SAMPLE_S`` from this process, outside the workers, while they
-compute.  "Copies" is (peak - idle) / the object's buffer bytes; "held" is the
-same after the persist, while its results (and a scattered object) are held.
+sampled every ``SAMPLE_S`` by a process of its own (``pss_sampler``), outside
+the workers, while they compute.  "Copies" is (peak - idle) / the object's
+buffer bytes; "held" is the same after the persist, while its results (and a
+scattered object) are held.  Wall times come from a second phase: on one
+cluster, every mode persists then computes a new collection in turn,
+``--rounds`` times; the medians are reported.
 Segments live in a fresh directory on ``/dev/shm`` (``DEDUPGRAPH_SHM_DIR``),
 so other programs' files do not count, and each cell checks that none is
 left once its cluster closed.
@@ -90,10 +93,20 @@ class Row:
     peak_mb: float
     peak_copies: float
     held_copies: float
-    persist_s: float
-    compute_s: float
+    persist_s: float  #: the sampled persist (one measurement: see Timing for medians)
     segments_left: int
     result: float
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of one mode, medians of rounds interleaved with the other modes on one cluster."""
+
+    mode: str
+    workers: int
+    persist_s: float
+    compute_s: float
+    rounds: int
 
 
 # --- measuring host memory from outside the workers
@@ -197,12 +210,8 @@ def switched(mode: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def measure(mode: str, workers: int, model: Model, tasks: int, seconds: float, repeat: int = 2) -> Row:
-    """``mode`` on a fresh cluster: a persist with host memory sampled, then timed persists and computes.
-
-    Wall times are the best of the first persist and ``repeat`` more (each of
-    a new collection, the previous one dropped), and of ``repeat`` computes.
-    """
+def measure(mode: str, workers: int, model: Model, tasks: int, seconds: float) -> Row:
+    """``mode`` on a fresh cluster: one persist, host memory sampled while it runs and after."""
     with segment_directory() as directory:
         with cluster(workers) as client:
             client.run(_warm_up)
@@ -214,25 +223,36 @@ def measure(mode: str, workers: int, model: Model, tasks: int, seconds: float, r
                 time.sleep(SETTLE_S)
             held = statistics.median(memory.since(settled))  # the collection (a scattered object) held too
             result = float(persisted.sum().compute())
-            persist_times, compute_times = [persist_s], []
-            for _ in range(repeat):
-                del persisted, coll
-                time.sleep(SETTLE_S)
-                persisted, coll, persist_s = _persisted(mode, model, tasks, seconds, client)
-                persist_times.append(persist_s)
             del persisted, coll
-            for _ in range(max(1, repeat)):
-                time.sleep(SETTLE_S)
-                start = time.perf_counter()
-                with switched(mode):
-                    client.compute(collection(mode, model, tasks, seconds, client)).result()
-                compute_times.append(time.perf_counter() - start)
         left = len(list(directory.iterdir()))
     size = model.nbytes
     return Row(
         mode, workers, size / 2**20, idle / 2**20, memory.peak / 2**20, (memory.peak - idle) / size,
-        (held - idle) / size, min(persist_times), min(compute_times), left, result,
+        (held - idle) / size, persist_s, left, result,
     )
+
+
+def timings(modes: Sequence[str], workers: int, model: Model, tasks: int, seconds: float, rounds: int) -> list[Timing]:
+    """Persist, then compute, each of a new collection, every mode in turn, ``rounds`` times, on one cluster.
+
+    Interleaved, so that whatever else the machine does weighs on every mode alike.
+    """
+    persist: dict[str, list[float]] = {m: [] for m in modes}
+    compute: dict[str, list[float]] = {m: [] for m in modes}
+    with segment_directory(), cluster(workers) as client:
+        client.run(_warm_up)
+        for _ in range(rounds):
+            for mode in modes:
+                time.sleep(SETTLE_S)  # the previous mode's keys released
+                persisted, coll, persist_s = _persisted(mode, model, tasks, seconds, client)
+                persist[mode].append(persist_s)
+                del persisted, coll
+                time.sleep(SETTLE_S)
+                start = time.perf_counter()
+                with switched(mode):
+                    client.compute(collection(mode, model, tasks, seconds, client)).result()
+                compute[mode].append(time.perf_counter() - start)
+    return [Timing(m, workers, statistics.median(persist[m]), statistics.median(compute[m]), rounds) for m in modes]
 
 
 def _persisted(mode: str, model: Model, tasks: int, seconds: float, client: Client) -> tuple[Any, Any, float]:
@@ -264,45 +284,50 @@ def run(
     seconds: float,
     modes: Sequence[str] = MODES,
     sweep_modes: Sequence[str] = SWEEP_MODES,
+    rounds: int = 3,
     progress: Any = print,
-    repeat: int = 2,
-) -> list[Row]:
+) -> tuple[list[Row], list[Timing]]:
+    """Memory of every mode at ``workers`` and of ``sweep_modes`` at each of ``sweep``; wall times at ``workers``."""
     model = Model(mb)
     rows = []
-    for mode in modes:
-        rows.append(measure(mode, workers, model, tasks, seconds, repeat))
-        progress(line(rows[-1]))
-    for n in sweep:
-        for mode in sweep_modes:
-            if n == workers and mode in modes:
-                continue  # measured above
-            rows.append(measure(mode, n, model, tasks, seconds, repeat))
+    for n, group in [(workers, modes), *((n, sweep_modes) for n in sweep if n != workers)]:
+        for mode in group:
+            rows.append(measure(mode, n, model, tasks, seconds))
             progress(line(rows[-1]))
     results = {r.result for r in rows}
     if len(results) != 1:
         raise AssertionError(f"modes disagree on the result: {results}")
-    return rows
+    times = timings(modes, workers, model, tasks, seconds, rounds) if rounds else []
+    for t in times:
+        progress(f"{t.mode:18} {t.workers} workers: persist {t.persist_s:5.2f} s, compute {t.compute_s:5.2f} s (medians of {t.rounds})")
+    return rows, times
 
 
 def line(r: Row) -> str:
     return (
         f"{r.mode:18} {r.workers} workers: peak {r.peak_copies:5.2f} copies ({r.peak_mb:7.0f} MB, idle {r.idle_mb:5.0f}), "
-        f"held {r.held_copies:5.2f}, persist {r.persist_s:5.2f} s, compute {r.compute_s:5.2f} s, left {r.segments_left}"
+        f"held {r.held_copies:5.2f}, persist {r.persist_s:5.2f} s, segments left {r.segments_left}"
     )
 
 
-def markdown(rows: Sequence[Row], workers: int) -> str:
+def markdown(rows: Sequence[Row], times: Sequence[Timing], workers: int) -> str:
     main = [r for r in rows if r.workers == workers]
     lines = [
         f"Object: {main[0].object_mb:.0f} MB of buffers; LocalCluster of {workers} worker processes x 1 thread.",
         "",
-        "| mode | peak host memory above idle (copies) | held after persist (copies) | persist (s) | compute (s) | segments left after close |",
-        "|---|---|---|---|---|---|",
+        "| mode | peak host memory above idle (copies) | held after persist (copies) | segments left after close |",
+        "|---|---|---|---|",
     ]
-    lines += [
-        f"| {r.mode} | {r.peak_copies:.2f} | {r.held_copies:.2f} | {r.persist_s:.2f} | {r.compute_s:.2f} | {r.segments_left} |"
-        for r in main
-    ]
+    lines += [f"| {r.mode} | {r.peak_copies:.2f} | {r.held_copies:.2f} | {r.segments_left} |" for r in main]
+    if times:
+        lines += [
+            "",
+            f"Wall time, medians of {times[0].rounds} rounds, every mode in turn on one cluster of {times[0].workers} workers:",
+            "",
+            "| mode | persist (s) | compute (s) |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {t.mode} | {t.persist_s:.2f} | {t.compute_s:.2f} |" for t in times]
     counts = sorted({r.workers for r in rows})
     if len(counts) > 1:
         modes = list(dict.fromkeys(r.mode for r in rows if r.workers != workers))
@@ -339,17 +364,18 @@ def plot(rows: Sequence[Row], out: Path) -> Path:
     return path
 
 
-def write(rows: Sequence[Row], workers: int, out: Path) -> Path:
-    """``host_memory.csv``, ``host_memory.md`` and (with a sweep) the plot in ``out``; the markdown's path."""
+def write(rows: Sequence[Row], times: Sequence[Timing], workers: int, out: Path) -> Path:
+    """``host_memory.csv``, ``host_times.csv``, ``host_memory.md`` and (with a sweep) the plot; the markdown's path."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "host_memory.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(Row)])
-        writer.writeheader()
-        writer.writerows(dataclasses.asdict(r) for r in rows)
+    for name, records, kind in (("host_memory.csv", rows, Row), ("host_times.csv", times, Timing)):
+        with (out / name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(kind)])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(r) for r in records)
     if len({r.workers for r in rows}) > 1:
         plot(rows, out)
     report = out / "host_memory.md"
-    report.write_text(markdown(rows, workers) + "\n")
+    report.write_text(markdown(rows, times, workers) + "\n")
     return report
 
 
@@ -363,11 +389,15 @@ class Part:
     sweep_modes: tuple[str, ...] = SWEEP_MODES
     tasks: int = 16
     task_seconds: float = 0.3
+    rounds: int = 3
 
     def run(self, out: Path, progress: Any) -> str:
         """Measure, write the files into ``out``, and return the markdown section."""
-        rows = run(self.mb, self.workers, self.sweep, self.tasks, self.task_seconds, sweep_modes=self.sweep_modes, progress=progress)
-        return write(rows, self.workers, out).read_text()
+        rows, times = run(
+            self.mb, self.workers, self.sweep, self.tasks, self.task_seconds,
+            sweep_modes=self.sweep_modes, rounds=self.rounds, progress=progress,
+        )
+        return write(rows, times, self.workers, out).read_text()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -378,15 +408,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--task-seconds", type=float, default=0.3)
     parser.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
-    parser.add_argument("--repeat", type=int, default=2, help="timed persists and computes after the sampled one")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (persist and compute of every mode); 0: none")
     parser.add_argument("--quick", action="store_true", help="50 MB, sweep 1 2 4")
     parser.add_argument("--output", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     mb, sweep = (50.0, [1, 2, 4]) if args.quick else (args.mb, [1, 2, 4, 8])
     if args.sweep is not None:
         sweep = args.sweep
-    rows = run(mb, args.workers, sweep, args.tasks, args.task_seconds, modes=args.modes, repeat=args.repeat)
-    report = write(rows, args.workers, args.output)
+    rows, times = run(mb, args.workers, sweep, args.tasks, args.task_seconds, modes=args.modes, rounds=args.rounds)
+    report = write(rows, times, args.workers, args.output)
     print("\n" + report.read_text())
     print(f"written to {args.output}/", file=sys.stderr)
 

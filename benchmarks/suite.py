@@ -101,7 +101,7 @@ FULL = Plan((250, 1000, 4000), tuple(SIZES), COLLECTIONS, MODES, (10_000, 100_00
 QUICK = Plan((40, 200), ("250KB",), COLLECTIONS, MODES, (2_000, 10_000), 0.6)
 SMOKE = Plan((3, 6), ("60KB",), COLLECTIONS, MODES, (500,), 0.3, fresh_cluster=False)
 FULL = dataclasses.replace(FULL, host_memory=HostMemoryPart())
-QUICK = dataclasses.replace(QUICK, host_memory=HostMemoryPart(mb=50.0, sweep=(1, 4), sweep_modes=("host", "process")))
+QUICK = dataclasses.replace(QUICK, host_memory=HostMemoryPart(mb=50.0, sweep=(1, 4), sweep_modes=("host", "process"), rounds=1))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -155,9 +155,3 @@ def wrap_update_graph(
             scheduler.stream_handlers["update-graph"] = original
 
     return undo
-
-
-def wrapped_handlers(handlers: Mapping[str, Any]) -> bool:
-    """Whether ``handlers["update-graph"]`` is a wrapper from :func:`wrap_update_graph`."""
-    handler = handlers.get("update-graph")
-    return getattr(handler, "__qualname__", "").startswith("wrap_update_graph.")

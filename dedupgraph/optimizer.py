@@ -68,7 +68,7 @@ def _deduplicated(
     if not plan or settings.dry_run:
         return dsk
     place = None
-    if settings.share == "host":  # the pass itself never imports shared-memory code
+    if settings.share == "host":  # the stages never import shared-memory code: this route passes it in
         from dedupgraph.host_share import placement
 
         place = placement(settings)

@@ -72,7 +72,9 @@ def rewrite_graph(
     carrying tasks get instead of the object), or None for the default.
     """
     own_keys = references is None
-    placed = {g: p for g, h in plan.hoists.items() if (p := place(h)) is not None} if own_keys and place else {}
+    placed: dict[str, tuple[GraphNode, GraphNode]] = {}
+    if own_keys and place is not None:
+        placed = {g: p for g, h in plan.hoists.items() if (p := place(h)) is not None}
     refs = references if references is not None else {
         g: placed[g][1] if g in placed else TaskRef(h.key) for g, h in plan.hoists.items()
     }

@@ -31,6 +31,7 @@ keeps the once-per-process hint instead.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 import threading
@@ -88,14 +89,30 @@ class _RoutePlugin(SchedulerPlugin):
 
 
 def install(scheduler: Scheduler) -> bool:
-    """Switch the route on for ``scheduler`` (idempotent); False, with one WARNING, if it cannot be."""
+    """Switch the route on for ``scheduler`` (idempotent); False, with one WARNING, if it cannot be.
+
+    Never raises: a preload that fails stops the scheduler from starting.
+    """
     if route_on(scheduler):
         return True
     problem = interception_problem()
-    if problem is not None:
-        _warn_once(problem)
+    if problem is None and not inspect.iscoroutinefunction(getattr(scheduler, "stream_handlers", {}).get("update-graph")):
+        problem = "this scheduler has no update-graph coroutine handler"
+    if problem is None:
+        try:
+            _install(scheduler)
+            return True
+        except Exception as e:  # noqa: BLE001  (reported; the scheduler must start)
+            problem = f"installing it failed ({type(e).__name__}: {e})"
+    _warn_once(problem)
+    try:
         observe(scheduler)
-        return False
+    except Exception:  # the hint is a nicety: never in the way either
+        logger.debug("dedupgraph: the hint could not be installed", exc_info=True)
+    return False
+
+
+def _install(scheduler: Scheduler) -> None:
     route = Route()
 
     def on_submission(message: dict[str, Any]) -> Any:
@@ -103,11 +120,15 @@ def install(scheduler: Scheduler) -> bool:
         try:
             annotations = message.get("annotations")
             priorities = message.get("internal_priority")
+            ordering = None
+            if not priorities:  # distributed orders the graph: the route may do it instead
+                ordering = message["internal_priority"] = {}
             submission = Submission(
                 client_settings=client_settings,
                 annotations=annotations if isinstance(annotations, dict) else None,
-                priorities=priorities if isinstance(priorities, dict) else None,
+                priorities=priorities if isinstance(priorities, dict) and priorities else None,
                 live=scheduler.tasks.__contains__,
+                ordering=ordering,
             )
         except Exception:
             logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
@@ -121,10 +142,13 @@ def install(scheduler: Scheduler) -> bool:
         unwrap()
         release_materialize()
 
-    scheduler.add_plugin(_RoutePlugin(route, undo), idempotent=True)
+    try:
+        scheduler.add_plugin(_RoutePlugin(route, undo), idempotent=True)
+    except Exception:
+        undo()
+        raise
     show_in_server_log()
     logger.info("dedupgraph: scheduler route on: every graph this scheduler receives is deduplicated")
-    return True
 
 
 def _materialize(route: Route, submission: Submission, original: Materialize, expr: Any, validate: bool) -> Any:

@@ -160,16 +160,6 @@ def _unlink_if_same(path: str, ino: int, dev: int) -> bool:
         return False
 
 
-def mapped(digest: str) -> memoryview | None:
-    """The read-only view of a segment this process maps now, if any (serving it to peers)."""
-    directory = segment_dir()
-    if directory is None:
-        return None
-    with _lock:
-        mm = _cached(str(directory / segment_name(digest)))
-    return None if mm is None else memoryview(mm)
-
-
 def attach(digest: str, size: int, directory: Path | None = None) -> memoryview | None:
     """A read-only view of the segment of ``digest``, or None if this host has none (of ``size`` bytes).
 

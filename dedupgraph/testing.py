@@ -13,9 +13,10 @@ or permanently, in ``pyproject.toml``: ``addopts = "-p dedupgraph.testing"``
 the functions and partials that dask repeats in every task become shared
 keys too, which exercises the rewrite far more than production settings do.
 
-While the plugin is loaded, every test runs with the pass in dask's
-``array_optimize``, ``delayed_optimize`` and ``bag_optimize`` keys (as
-``dedupgraph.enable()`` does), however the test treats dask's config:
+While the plugin is loaded, every test runs with what ``dedupgraph.enable()``
+sets in dask's config (the pass in ``array_optimize``, ``delayed_optimize``
+and ``bag_optimize``, the scheduler route's preload, the settings given),
+however the test treats dask's config:
 
 - the pass is set when pytest starts (for code that computes at import or
   collection) and again by an autouse fixture before each test, so a test
@@ -26,10 +27,12 @@ While the plugin is loaded, every test runs with the pass in dask's
   and its settings to that snapshot, so clusters in tests get it too.
 
 The terminal summary proves it ran: in how many tests the pass optimized a
-graph, how many graphs it optimized, in how many it hoisted objects, every
-failure of the pass (the pass logs and swallows its own exceptions, so a
-suite would never see them otherwise), and any local computation that ran
-while the pass was off.  A graph counts as hoisted when the pass's output
+graph, how many graphs it optimized, in how many it hoisted objects (the
+graphs that the scheduler route of an in-process scheduler deduplicated are
+also counted apart), every WARNING of the ``dedupgraph`` logger, failures of
+the pass first (the pass logs and swallows its own exceptions, so a suite
+would never see them otherwise; ``--dedupgraph-strict`` fails the test), and
+any local computation that ran while the pass was off.  A graph counts as hoisted when the pass's output
 holds ``dedup-...`` keys.  Not for ``pytest-xdist``: each worker would count
 on its own.
 
@@ -39,11 +42,12 @@ on its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 import threading
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +55,7 @@ import dask.config
 import pytest
 from dask.callbacks import Callback
 
-from dedupgraph.activation import OPTIMIZER_KEYS
+from dedupgraph.activation import OPTIMIZER_KEYS, enable
 from dedupgraph.optimizer import Deduplicator
 from dedupgraph.settings import Settings
 
@@ -69,6 +73,8 @@ class Stats:
     graphs: int = 0  #: graphs the pass optimized
     hoisted_graphs: int = 0  #: graphs whose output holds hoisted keys
     hoisted_keys: int = 0  #: hoisted keys over all those graphs
+    route_graphs: int = 0  #: graphs the scheduler route of an in-process scheduler deduplicated
+    route_hoisted_graphs: int = 0  #: of those, graphs whose output holds hoisted keys
     tests_with_graphs: set[str] = field(default_factory=set)
     tests_with_hoists: set[str] = field(default_factory=set)
     #: (test, message) for every WARNING or worse the dedupgraph logger emitted
@@ -78,10 +84,13 @@ class Stats:
     current: str = _OUTSIDE_TESTS
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def record_graph(self, nhoisted: int) -> None:
+    def record_graph(self, nhoisted: int, route: bool = False) -> None:
         with self.lock:
             self.graphs += 1
             self.tests_with_graphs.add(self.current)
+            if route:
+                self.route_graphs += 1
+                self.route_hoisted_graphs += bool(nhoisted)
             if nhoisted:
                 self.hoisted_graphs += 1
                 self.hoisted_keys += nhoisted
@@ -102,6 +111,11 @@ class Stats:
             f"{len(self.tests_with_graphs)} tests and hoisted {self.hoisted_keys} objects "
             f"in {self.hoisted_graphs} graphs"
         ]
+        if self.route_graphs:
+            lines.append(
+                f"of these, the scheduler route deduplicated {self.route_graphs} graphs "
+                f"and hoisted in {self.route_hoisted_graphs}"
+            )
         if self.failures:
             lines.append(f"the pass failed {len(self.failures)} times (graphs left unchanged):")
             lines += [f"  {test}: {message}" for test, message in self.failures[:20]]
@@ -120,6 +134,8 @@ class Stats:
             "graphs": self.graphs,
             "hoisted_graphs": self.hoisted_graphs,
             "hoisted_keys": self.hoisted_keys,
+            "route_graphs": self.route_graphs,
+            "route_hoisted_graphs": self.route_hoisted_graphs,
             "tests_with_graphs": len(self.tests_with_graphs),
             "tests_with_hoists": len(self.tests_with_hoists),
             "failures": [{"test": t, "message": m} for t, m in self.failures],
@@ -170,6 +186,55 @@ def passes() -> dict[str, CountingDeduplicator]:
     return {key: CountingDeduplicator(base=opt.base) for key, opt in OPTIMIZER_KEYS.items()}
 
 
+def count_route() -> Callable[[], None] | None:
+    """Count the graphs the scheduler route deduplicates (``dedupgraph.route.Route.deduplicated``).
+
+    Where a scheduler runs the route, it takes the passes out of the graphs
+    it receives and deduplicates each whole graph itself.  Returns the undo,
+    or None where this dedupgraph has no such route.
+    """
+    try:
+        from dedupgraph.route import Route
+    except ImportError:
+        return None
+    original = Route.__dict__.get("deduplicated")
+    if not callable(original):
+        return None
+
+    @functools.wraps(original)
+    def deduplicated(self: Any, dsk: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, dsk, *args, **kwargs)
+        STATS.record_graph(hoisted_keys(out) if out is not dsk else 0, route=True)
+        return out
+
+    Route.deduplicated = deduplicated  # type: ignore[method-assign]
+    return lambda: setattr(Route, "deduplicated", original)
+
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a nested dask config.
+
+    >>> flat_config({"a": {"b": 1, "c": {}}, "d": [2]})
+    {'a.b': 1, 'a.c': {}, 'd': [2]}
+    """
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+
+
 def pass_is_on() -> bool:
     """Whether all three config keys hold a dedupgraph pass."""
     return all(isinstance(dask.config.get(key, None), Deduplicator) for key in OPTIMIZER_KEYS)
@@ -209,17 +274,22 @@ class _Plugin:
             value = config.getoption(f"dedupgraph_{name}")
             if value is not None:
                 overrides[name] = value
+        before = flat_config(dask.config.config)
         try:
-            self.settings = Settings.from_config(**overrides)
+            self._session = enable(**overrides)  # exactly what users switch on
         except ValueError as e:
             raise pytest.UsageError(f"dedupgraph.testing: {e}") from None
-        chosen = self.settings.as_config()
-        written = {f"dedupgraph.{name.replace('_', '-')}" for name in overrides}
-        self.config = {**passes(), **{k: v for k, v in chosen.items() if k in written}}
+        after = flat_config(dask.config.config)
+        enabled = {key: value for key, value in after.items() if key not in before or not _same(before[key], value)}
+        # ...with passes that count in place of enable()'s
+        counting = passes()
+        self.config = {**enabled, **counting}
+        self._counting = dask.config.set(counting)
+        self.settings = Settings.from_config()
         self.strict = bool(config.getoption("dedupgraph_strict"))
         self.stats_path = config.getoption("dedupgraph_stats")
-        self._session = dask.config.set(self.config)
         self._snapshot: dask.config.set | None = None
+        self._uncount_route = count_route()
         self._handler = _FailureLog()
         logging.getLogger("dedupgraph").addHandler(self._handler)
         self._watch = _OffWatch()
@@ -236,8 +306,11 @@ class _Plugin:
     def close(self) -> None:
         self._watch.unregister()
         logging.getLogger("dedupgraph").removeHandler(self._handler)
+        if self._uncount_route is not None:
+            self._uncount_route()
         if self._snapshot is not None:
             self._snapshot.__exit__(None, None, None)
+        self._counting.__exit__(None, None, None)
         self._session.__exit__(None, None, None)
 
     def settings_line(self) -> str:
@@ -287,14 +360,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         del config.stash[_PLUGIN_KEY]
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return config.stash[_PLUGIN_KEY].settings_line()
+def pytest_report_header(config: pytest.Config) -> str | None:
+    plugin = config.stash.get(_PLUGIN_KEY, None)
+    return plugin.settings_line() if plugin is not None else None
 
 
 @pytest.fixture(autouse=True)
 def _dedupgraph_pass_on(request: pytest.FixtureRequest) -> Iterator[None]:
     """Set the pass before each test (autouse): the config may have been changed since the start."""
-    plugin = request.config.stash[_PLUGIN_KEY]
+    plugin = request.config.stash.get(_PLUGIN_KEY, None)
+    if plugin is None:  # this module imported without being the plugin (its own doctests)
+        yield
+        return
     plugin.patch_cluster_snapshot()
     failures_before = len(STATS.failures)
     STATS.current = request.node.nodeid

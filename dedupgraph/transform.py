@@ -272,9 +272,6 @@ class TaskTransformer:
             if isinstance(new, TaskRef):
                 # the inner key must still exist: point it at the hoisted key
                 return Alias(key, new.key)
-            if type(new) is Task and new.key != key:
-                # a task computing the value (share="host" unwraps it) must compute this inner key
-                return Task(key, new.func, *new.args, **new.kwargs)
             return new
         if isinstance(node, Task):
             return self.visit_task(node, SUBGRAPH)

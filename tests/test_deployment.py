@@ -238,3 +238,10 @@ def test_a_client_without_dedupgraph_gets_the_schedulers_settings(deployment, tm
     env = without_dedupgraph(tmp_path)
     found = run_client(WITHOUT_DEDUPGRAPH, deployment, env=env, python=(sys.executable, "-S"))
     assert found == {"same": True, "keys": {}}  # the scheduler's 1 GiB: nothing hoisted
+
+
+def test_the_scheduler_log_shows_the_route(deployment, main_run):
+    # dask scheduler logs dedupgraph's INFO lines with its own, unasked
+    log = (deployment.parent / "scheduler.log").read_text()
+    assert "dedupgraph: scheduler route on" in log
+    assert "hoisted 1 object (" in log and f"shared by {N} tasks" in log

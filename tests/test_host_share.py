@@ -144,6 +144,12 @@ def test_config_route_one_segment_mapped_read_only_by_every_worker(client, shm):
     assert len(segments) == 1 and None not in segments, segments  # numpy and pandas buffers: one segment
     assert not any(p["writeable"] for p in probes)
     assert eventually_empty(shm) == []  # the hoisted key released: so is its segment
+    with dedupgraph.enable(share="host"):
+        held = client.persist([delayed(probe)(i, table, 0.0) for i in range(TASKS)])
+    wait(held)
+    # results held: workers keep the hoisted task (for its dependents), but not its segment
+    assert eventually_empty(shm) == []
+    assert [p["value"] for p in dask.compute(*held)] == expected_probes(table)
 
 
 def test_arrays_bags_and_local_schedulers_give_plain_results(client, shm):
@@ -198,6 +204,40 @@ def test_a_small_limit_falls_back_to_per_process_copies(client, shm):
     assert {p["segment"] for p in probes} == {None}  # private copies, as with share="process"
 
 
+def test_peak_host_memory_is_one_copy_with_host_and_one_per_worker_with_process(client, shm):
+    """Measured from outside the workers: their PSS outside shared memory, plus the segments."""
+    from dedupgraph.benchmarks.host_memory import HostMemory, Model, _warm_up, host_memory, work
+
+    model = Model(24)
+    x = da.zeros((8, 4), chunks=(1, 4))
+    client.run(_warm_up)  # what the tasks import is not a copy of anything
+    pids = list(client.run(os.getpid).values())
+    copies = {}
+    for share in ("host", "process"):
+        assert eventually_empty(shm) == []
+        idle = min(host_memory(pids, shm) for _ in range(5))
+        with HostMemory(pids, shm) as memory, dedupgraph.enable(share=share):
+            wait(client.persist(x.map_blocks(work, model, 0.3, meta=np.array(()))))
+        copies[share] = (memory.peak - idle) / model.nbytes
+    assert copies["host"] <= 1.3, copies  # 2 workers: one copy, in shared memory
+    assert copies["process"] >= 1.7, copies  # 2 workers: one copy each
+
+
+def test_a_worker_killed_mid_computation_gives_correct_results(client, shm):
+    """The last test on this cluster: its fixture then checks that nothing is left after close."""
+    table = Table(seed=7.0)
+    with dedupgraph.enable(share="host"):
+        futures = client.compute([delayed(probe)(i, table, 0.25) for i in range(8)])
+    deadline = time.monotonic() + 60
+    while sum(f.done() for f in futures) < 2 or not files(shm):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not all(f.done() for f in futures), "killed too late to be in the middle"
+    victim = next(pid for pid in client.run(os.getpid).values())
+    os.kill(victim, signal.SIGKILL)
+    assert [p["value"] for p in client.gather(futures)] == expected_probes(table, 8)
+
+
 def test_what_has_no_large_buffers_or_is_opted_out_stays_per_process(caplog):
     caplog.set_level(logging.DEBUG, logger="dedupgraph")
     from dask._task_spec import Task
@@ -233,24 +273,6 @@ def test_fused_subgraph_inputs_and_inner_data_nodes_are_unwrapped():
 
 
 # --- lifecycle
-
-
-def test_a_worker_killed_mid_computation_gives_correct_results_and_leaves_nothing():
-    table = Table(seed=7.0)
-    with segment_dir() as shm:
-        with cluster(2) as lc, Client(lc) as c:
-            with dedupgraph.enable(share="host"):
-                futures = c.compute([delayed(probe)(i, table, 0.3) for i in range(TASKS)])
-            deadline = time.monotonic() + 60
-            while sum(f.done() for f in futures) < 3 or not files(shm):
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            assert not all(f.done() for f in futures), "killed too late to be in the middle"
-            victim = next(pid for pid in c.run(os.getpid).values())
-            os.kill(victim, signal.SIGKILL)
-            results = c.gather(futures)
-            assert [p["value"] for p in results] == expected_probes(table)
-        assert files(shm) == []
 
 
 def test_two_clusters_share_a_segment_by_content_and_crash_leftovers_are_swept():
@@ -323,39 +345,20 @@ def test_buffers_travel_to_another_host_and_tickets_only_between_servers_of_one(
         assert copy.object().weights.tolist() == table.weights.tolist()
 
 
-# --- memory, measured from outside the workers
-
-
-def test_peak_host_memory_is_one_copy_with_host_and_one_per_worker_with_process():
-    from dedupgraph.benchmarks.host_memory import HostMemory, Model, _warm_up, host_memory, work
-
-    model = Model(24)
-    x = da.zeros((8, 4), chunks=(1, 4))
-    copies = {}
-    with segment_dir() as shm:
-        with cluster(4, memory_limit=0) as lc, Client(lc) as c:
-            c.run(_warm_up)  # what the tasks import is not a copy of anything
-            pids = list(c.run(os.getpid).values())
-            for share in ("host", "process"):
-                time.sleep(0.5)
-                idle = min(host_memory(pids, shm) for _ in range(5))
-                with HostMemory(pids, shm) as memory, dedupgraph.enable(share=share):
-                    wait(c.persist(x.map_blocks(work, model, 0.3, meta=np.array(()))))
-                copies[share] = (memory.peak - idle) / model.nbytes
-        assert files(shm) == []
-    assert copies["host"] <= 1.3, copies
-    assert copies["process"] >= 2.5, copies
+# --- the benchmark
 
 
 def test_the_host_memory_benchmark_runs_at_its_smallest(tmp_path):
     from dedupgraph.benchmarks import host_memory
 
     lines: list[str] = []
-    rows = host_memory.run(2, 2, [], 4, 0.02, modes=("host",), progress=lines.append, repeat=0)
-    assert [(r.mode, r.workers) for r in rows] == [("host", 2)] and len(lines) == 1
+    rows, times = host_memory.run(2, 1, [], 4, 0.02, modes=("host",), rounds=1, progress=lines.append)
+    assert [(r.mode, r.workers) for r in rows] == [("host", 1)] and len(lines) == 2
     assert rows[0].segments_left == 0 and rows[0].peak_mb > rows[0].idle_mb > 0
-    rows.append(dataclasses.replace(rows[0], workers=1))  # a second worker count: the plot
-    report = host_memory.write(rows, 2, tmp_path)
+    assert [(t.mode, t.rounds) for t in times] == [("host", 1)] and times[0].persist_s > 0
+    rows.append(dataclasses.replace(rows[0], workers=2))  # a second worker count: the plot
+    report = host_memory.write(rows, times, 1, tmp_path)
     assert "| host |" in report.read_text() and "1 workers | 2 workers" in report.read_text()
     assert (tmp_path / "host_memory.csv").read_text().count("\n") == 3
+    assert "| host |" in (tmp_path / "host_memory.md").read_text().split("Wall time")[1]
     assert (tmp_path / "host_memory_vs_workers.png").read_bytes()[:4] == b"\x89PNG"

@@ -26,10 +26,13 @@ import dedupgraph
 from dedupgraph import hint
 from dedupgraph.fingerprint import content_fingerprint
 from dedupgraph.interception import interception_problem, materialize_held
+from dedupgraph.optimizer import deduplicate_graph, task_graph
 from dedupgraph.plan import hoisted_key
+from dedupgraph.prescan import nothing_large
 from dedupgraph.scheduler import PRELOAD, route_on
+from dedupgraph.settings import Settings
 
-from payloads import Mapper
+from payloads import CASES, Mapper, case_settings
 
 NPARTS = 8
 ROUTE = {"distributed.scheduler.preload": [hint.PRELOAD, PRELOAD]}  # as after import dedupgraph; enable()
@@ -214,6 +217,11 @@ def _all_task_annotations(dask_scheduler):
     return {str(k): dict(ts.annotations) for k, ts in dask_scheduler.tasks.items()}
 
 
+def _internal_priorities(dask_scheduler):
+    # (user priority, generation, dask.order's priority): only the last is the graph's own
+    return {str(k): ts.priority[-1] for k, ts in dask_scheduler.tasks.items()}
+
+
 def test_keys_and_annotations_are_those_of_plain_dask(route, plain):
     m = Mapper(30_400)
     workers = list(plain.scheduler_info()["workers"])[:1]
@@ -223,13 +231,14 @@ def test_keys_and_annotations_are_those_of_plain_dask(route, plain):
             arr = da.zeros((NPARTS, 4), chunks=(1, 4)).map_blocks(block_len, m)
         return [arr, frame().map_partitions(with_len, m), *[delayed(item_len)(i, m) for i in range(3)]]
 
-    seen = {}
+    seen, priorities = {}, {}
     colls = build()  # once: keys of objects dask cannot tokenize are random
     for client in (plain, route):
         # global annotations: around the call, and the call's own keywords
         with dask.annotate(team="ours", priority=3):
             persisted = _done(client, client.persist(colls, retries=2, workers=workers, allow_other_workers=True))
         seen[client] = client.run_on_scheduler(_all_task_annotations)
+        priorities[client] = client.run_on_scheduler(_internal_priorities)
         del persisted
     ours = {k: v for k, v in seen[route].items() if not k.startswith("dedup-")}
     hoisted = {k: v for k, v in seen[route].items() if k.startswith("dedup-")}
@@ -239,6 +248,9 @@ def test_keys_and_annotations_are_those_of_plain_dask(route, plain):
     assert ours and all(v.get("team") in ("ours", "layers") for v in ours.values())
     key = hoisted_key(content_fingerprint(m))
     assert hoisted[key] == {}  # data: no restriction, no retries, no priority of the user's
+    # dask.order's priorities of plain dask's graph; the hoisted key before every task
+    assert {k: priorities[route][k] for k in ours} == {k: priorities[plain][k] for k in ours}
+    assert priorities[route][key] < min(priorities[route][k] for k in ours)
 
 
 def test_invalid_settings_on_the_scheduler_leave_graphs_unchanged_with_one_warning(route, caplog):
@@ -390,3 +402,70 @@ def test_scheduler_cost_benchmark_smoke():
     table = done.stdout.split("\n\n")[-1].splitlines()[2:]
     rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[-2].strip() for line in table}
     assert rows == {("array", "none"): "0", ("array", "shared"): "1", ("dataframe", "none"): "0", ("dataframe", "shared"): "1"}
+
+
+# --- the prescan: a shortcut that must never hide what the pass would hoist -----------
+
+
+def _expr(coll):
+    from dask.base import collections_to_expr
+
+    return collections_to_expr(coll if isinstance(coll, list) else [coll]).optimize()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_prescan_never_hides_what_the_pass_hoists(case):
+    settings = Settings(**case_settings(case))
+    coll = CASES[case](Mapper())
+    graph = task_graph(_expr(coll).__dask_graph__())
+    assert deduplicate_graph(graph, settings) is not graph  # the pass hoists here...
+    assert not nothing_large(_expr(coll), settings)  # ...so the prescan must not say "nothing"
+
+
+NOTHING_LARGE = {
+    "array-reduction": lambda: (da.ones((40, 4), chunks=(1, 4)) + 1).sum(),
+    "array-from-a-large-numpy-array": lambda: da.from_array(np.arange(200_000), chunks=1000) + 1,
+    "bag": lambda: db.from_sequence(range(40), npartitions=8).map(str).filter(bool),
+    "delayed": lambda: [delayed(sum)([i, 1]) for i in range(20)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOTHING_LARGE))
+def test_the_prescan_recognizes_graphs_with_nothing_large(name):
+    coll = NOTHING_LARGE[name]()
+    graph = task_graph(_expr(coll).__dask_graph__())
+    assert deduplicate_graph(graph, Settings()) is graph
+    assert nothing_large(_expr(coll), Settings())
+
+
+def test_the_prescan_leaves_other_expressions_to_the_pass():
+    assert not nothing_large(_expr(frame()), Settings())  # dask-expr: no layers to read
+    assert not nothing_large({"a": 1}, Settings())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_route_hoists_what_the_pass_hoists_and_computes_the_same(case, caplog):
+    """Whether in the layers (``Blockwise`` literals) or by the pass, the same keys, the same results."""
+    import inspect
+
+    import distributed.scheduler
+    from dask.core import flatten
+    from dask.local import get_sync
+
+    from dedupgraph.route import Route, Submission
+
+    caplog.set_level(logging.INFO, logger="dedupgraph")
+    chosen = case_settings(case)
+    original = inspect.unwrap(distributed.scheduler._materialize_graph)
+    coll = CASES[case](Mapper())
+    keys = list(flatten(_expr(coll).__dask_keys__()))
+    plain, _ = original(_expr(coll), False)
+    expected = deduplicate_graph(plain, Settings(**chosen))
+    caplog.clear()
+    with dask.config.set({f"dedupgraph.{k.replace('_', '-')}": v for k, v in chosen.items()}):
+        routed, _ = Route().materialize(original, _expr(coll), False, Submission(ordering={}))
+    assert set(routed) == set(expected) and set(routed) - set(plain)
+    assert len([r for r in caplog.records if r.getMessage().startswith("hoisted 1 object")]) == 1
+    got, want = get_sync(routed, keys), get_sync(plain, keys)
+    for a, b in zip(got, want):
+        assert np.array_equal(np.asarray(a), np.asarray(b)) if isinstance(a, np.ndarray) else a == b
