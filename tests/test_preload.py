@@ -167,15 +167,18 @@ ENV_ROUTE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_env_route_guards_the_first_distributed_computation(bare, tmp_path):
-    # a user process with DASK_DEDUPGRAPH__ENABLED and a bare scheduler: no failure, one warning
-    file, _ = bare
+def _with_the_variable(script, file, cwd):
+    """``script`` run with DASK_DEDUPGRAPH__ENABLED (and no preload of ours from this process), succeeding."""
     env = {**os.environ, "DASK_DEDUPGRAPH__ENABLED": "True"}
     env.pop("DASK_DISTRIBUTED__CLIENT__PRELOAD", None)
-    done = subprocess.run(
-        [sys.executable, "-c", ENV_ROUTE_SCRIPT, file], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", script, file], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_env_route_guards_the_first_distributed_computation(bare, tmp_path):
+    # a user process with DASK_DEDUPGRAPH__ENABLED and a bare scheduler: no failure, one warning
+    done = _with_the_variable(ENV_ROUTE_SCRIPT, bare[0], tmp_path)
     assert "on before: Deduplicator" in done.stdout, done.stdout
     assert "on after: " in done.stdout and "on after: Deduplicator" not in done.stdout
     assert done.stderr.count("cannot import dedupgraph") == 1, done.stderr[-3000:]
@@ -218,13 +221,7 @@ ENV_ROUTE_EVERY_KIND = textwrap.dedent(
 
 def test_env_route_client_work_is_unaffected_by_a_scheduler_without_dedupgraph(bare, tmp_path):
     # DataFrames, arrays, client.map and submit: the client sends nothing the scheduler cannot read
-    file, _ = bare
-    env = {**os.environ, "DASK_DEDUPGRAPH__ENABLED": "True"}
-    env.pop("DASK_DISTRIBUTED__CLIENT__PRELOAD", None)
-    done = subprocess.run(
-        [sys.executable, "-c", ENV_ROUTE_EVERY_KIND, file], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _with_the_variable(ENV_ROUTE_EVERY_KIND, bare[0], tmp_path)
     assert "every kind ok" in done.stdout
     assert done.stderr.count("cannot import dedupgraph") == 1, done.stderr[-3000:]
 
