@@ -130,7 +130,9 @@ def find_candidates(
                 if signature is not None:
                     wrapping[fp.digest, signature] = group
             result.group_of[id(value)] = group
-            result.ordinal[group] = seen_in_task.get(fp.digest, 0)
+            # counted in the first task that carries the group only: with that
+            # task's key, it names the group's key, so it must not change later
+            result.ordinal.setdefault(group, seen_in_task.get(fp.digest, 0))
             groups = result.apart.setdefault(fp.digest, [])
             if group not in groups:
                 groups.append(group)

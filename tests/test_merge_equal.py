@@ -120,3 +120,19 @@ def test_equal_copies_kept_apart_get_distinct_stable_keys():
         again = hoisted_keys(optimized_graph(parts))
     assert len(keys) == 2 and keys == again
     assert len({k.rsplit("-", 1)[0] for k in keys}) == 1  # same content, told apart by the object
+
+
+def two_methods(a, b, i):
+    return a(i) + b(i)
+
+
+def test_copies_kept_apart_never_share_a_key_when_wrappers_recur():
+    first, second = Mapper(), Mapper()  # equal, distinct, mutable
+    # the first task carries both; later tasks carry new bound methods of the second only
+    parts = [delayed(two_methods)(first.method, second.method, 0)]
+    parts += [delayed(second.method)(i) for i in range(1, 4)] + [delayed(first.method)(9)]
+    expected = dask.compute(*parts, scheduler="sync")
+    with dedupgraph.enable():
+        keys = hoisted_keys(optimized_graph(parts))
+        assert len(keys) == len(set(keys)) == 2
+        assert dask.compute(*parts, scheduler="threads") == expected
