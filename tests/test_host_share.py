@@ -109,7 +109,7 @@ def files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def eventually_empty(directory: Path, timeout: float = 10.0) -> list[str]:
+def eventually_empty(directory: Path, timeout: float = 30.0) -> list[str]:
     """The files left once releases had ``timeout`` seconds to arrive (they travel asynchronously)."""
     deadline = time.monotonic() + timeout
     while files(directory) and time.monotonic() < deadline:
