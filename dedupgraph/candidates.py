@@ -138,6 +138,7 @@ def find_candidates(
                 groups.append(group)
         seen_in_task[fp.digest] = seen_in_task.get(fp.digest, 0) + 1
         return group
+
     # per task, with record_inline: id -> positions
     found_inline: dict[int, set[str]] = {}
     # ids of leaves judged not worth recording: the walk skips them from then on
