@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from dask._task_spec import DataNode, GraphNode, Task
+
 from dedupgraph.fingerprint import FingerprintMemo, is_obviously_small
 from dedupgraph.settings import Settings
 from dedupgraph.transform import SMALL_CONTAINER_LEN, walk_leaves
@@ -53,22 +55,13 @@ def nothing_large(expr: Any, settings: Settings) -> bool:
     """True only if materializing ``expr`` gives tasks that carry nothing of ``min-bytes`` or more."""
     try:
         from dask._expr import HLGExpr, _HLGExprSequence
-        from dask.blockwise import Blockwise
-        from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+        from dask.highlevelgraph import HighLevelGraph
     except ImportError:  # another dask: no shortcut
         return False
     from dedupgraph.route import _expressions
 
-    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    leaf = _leaf_check(settings)
     read = 0  # legacy graphs read: an expression without any is not one of them
-
-    def leaf(value: Any, where: str = "") -> None:
-        if is_obviously_small(value, settings.min_bytes):
-            return
-        fp = memo.fingerprint(value)  # None: excluded or unpicklable, inline anyway
-        if fp is not None and fp.nbytes >= settings.min_bytes:
-            raise _Large
-
     try:
         for node in _expressions(expr):
             if isinstance(node, _HLGExprSequence):
@@ -82,17 +75,54 @@ def nothing_large(expr: Any, settings: Settings) -> bool:
             postcompute = node.postcompute
             for func, extra in postcompute if isinstance(postcompute, list) else [postcompute] if postcompute else []:
                 _values((func, *extra), leaf)
-            for layer in graph.layers.values():
-                if type(layer) is Blockwise:
-                    _blockwise(layer, leaf)
-                elif type(layer) is MaterializedLayer:
-                    for task in layer.mapping.values():
-                        _top_level(task, leaf)
-                else:
-                    return False
+            _layers(graph, leaf)
     except _Large:
         return False
     return read > 0
+
+
+def layers_hold_nothing_large(graph: Any, settings: Settings) -> bool:
+    """The same for one ``HighLevelGraph`` (what a legacy low-level optimizer receives), before it is optimized.
+
+    >>> import dask.array as da
+    >>> x = da.ones((8, 4), chunks=(1, 4)) + 1
+    >>> layers_hold_nothing_large(x.__dask_graph__(), Settings())
+    True
+    """
+    try:
+        _layers(graph, _leaf_check(settings))
+    except _Large:
+        return False
+    return True
+
+
+def _leaf_check(settings: Settings) -> Any:
+    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+
+    def leaf(value: Any, where: str = "") -> None:
+        if is_obviously_small(value, settings.min_bytes):
+            return
+        fp = memo.fingerprint(value)  # None: excluded or unpicklable, inline anyway
+        if fp is not None and fp.nbytes >= settings.min_bytes:
+            raise _Large
+
+    return leaf
+
+
+def _layers(graph: Any, leaf: Any) -> None:
+    from dask.blockwise import Blockwise
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    if not isinstance(graph, HighLevelGraph):
+        raise _Large  # a plain dict: its tasks are for the pass to walk
+    for layer in graph.layers.values():
+        if type(layer) is Blockwise:
+            _blockwise(layer, leaf)
+        elif type(layer) is MaterializedLayer:
+            for task in layer.mapping.values():
+                _top_level(task, leaf)
+        else:
+            raise _Large  # a layer type not known here
 
 
 def _known_optimizer(optimizer: Any) -> bool:
@@ -130,8 +160,6 @@ def _blockwise(layer: Any, leaf: Any) -> None:
 
 def _top_level(task: Any, leaf: Any) -> None:
     """A graph entry: a ``Task``'s leaves, a legacy ``(func, *args)`` tuple's; data entries are keys already."""
-    from dask._task_spec import Task
-
     if isinstance(task, Task):
         walk_leaves(task, leaf)
     elif isinstance(task, tuple) and task and callable(task[0]):
@@ -140,24 +168,39 @@ def _top_level(task: Any, leaf: Any) -> None:
         _values((task,), leaf)
 
 
+_ATOMS = frozenset({int, float, bool, complex, type(None), slice, range, type(Ellipsis)})
+
+
+def _small_tuple(value: tuple[Any, ...]) -> bool:
+    # keys: ("name", 3, 0): a legacy graph has one in nearly every argument
+    if len(value) > 8:
+        return False
+    for item in value:
+        typ = type(item)
+        if typ not in _ATOMS and not (typ is str and len(item) < 64):
+            return False
+    return True
+
+
+_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
+
+
 def _values(values: Iterable[Any], leaf: Any) -> None:
     """Leaves of legacy task arguments, as the pass will see them once converted."""
-    from dask._task_spec import DataNode, GraphNode, Task
-
     for value in values:
         typ = type(value)
-        if isinstance(value, Task):
-            walk_leaves(value, leaf)
-        elif isinstance(value, DataNode):
-            leaf(value.value)
-        elif isinstance(value, GraphNode):
+        if typ in _ATOMS or (typ is str and len(value) < 1024) or (typ is tuple and _small_tuple(value)):
             continue
-        elif typ in (list, tuple, set, frozenset, dict):
-            items = list(value.values()) if typ is dict else list(value)
+        if typ in _CONTAINERS:
+            items = list(value.values()) if typ is dict else value
             if len(items) > SMALL_CONTAINER_LEN and not all(_key_like(v) for v in items):
                 leaf(value)  # the pass judges a long plain container whole
             _values(items, leaf)
-        else:
+        elif isinstance(value, Task):
+            walk_leaves(value, leaf)
+        elif isinstance(value, DataNode):
+            leaf(value.value)
+        elif not isinstance(value, GraphNode):
             leaf(value)
 
 
