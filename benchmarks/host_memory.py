@@ -56,7 +56,7 @@ import pandas as pd
 from distributed import Client, LocalCluster, wait
 
 import dedupgraph
-from dedupgraph import shared_memory
+from dedupgraph.routes import shared_memory
 
 from . import pss_sampler
 
@@ -270,7 +270,7 @@ def _warm_up() -> None:
     import dask.array  # noqa: F401
     import pandas  # noqa: F401
 
-    import dedupgraph.host_share  # noqa: F401
+    import dedupgraph.routes.host_share  # noqa: F401
 
 
 # --- the whole run, and its outputs

@@ -34,7 +34,7 @@ import numpy as np
 from dask.array.optimization import optimize
 
 from .seed import Mapper
-from dedupgraph.optimizer import deduplicate_graph, task_graph
+from dedupgraph.core.pipeline import deduplicate_graph, task_graph
 from dedupgraph.settings import Settings
 
 SCENARIOS = ("none", "shared", "distinct")

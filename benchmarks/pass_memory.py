@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from dask._task_spec import Task
 
-from dedupgraph.optimizer import deduplicate_graph
+from dedupgraph.core.pipeline import deduplicate_graph
 from dedupgraph.settings import Settings
 
 PAYLOAD = 100_000

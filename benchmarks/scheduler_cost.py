@@ -11,7 +11,7 @@ persisted) and scenario (``none``: ``obj`` is a small int; ``shared``: one
 two modes, a freshly unpickled copy is timed through what
 ``Scheduler.update_graph`` runs in its thread: ``plain``, distributed's
 ``_materialize_graph`` then ``dask.order.order``; ``route``, the same
-through ``dedupgraph.route.Route`` (the config route absent: the client
+through ``dedupgraph.routes.scheduler_route.Route`` (the config route absent: the client
 ships no pass), with the route ordering the graph where it does so on the
 scheduler.  ``gc.collect()`` before each timing.  Targets (issue 11): at
 most +5% for ``none``, +10% for ``shared``.
@@ -45,7 +45,7 @@ from dask.base import collections_to_expr
 from distributed.protocol import deserialize, serialize, to_serialize
 
 from .seed import Mapper
-from dedupgraph.route import Route, Submission
+from dedupgraph.routes.scheduler_route import Route, Submission
 
 COLLECTIONS = ("array", "dataframe")
 SCENARIOS = ("none", "shared")

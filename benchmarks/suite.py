@@ -37,6 +37,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,8 +58,8 @@ from distributed.diagnostics import MemorySampler
 from distributed.protocol.pickle import dumps as distributed_dumps
 
 import dedupgraph
-from dedupgraph.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE, with_preload
-from dedupgraph.optimizer import deduplicate_graph
+from dedupgraph.routes.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE, with_preload
+from dedupgraph.core.pipeline import deduplicate_graph
 from . import overhead
 from .host_memory import Part as HostMemoryPart
 from .seed import Mapper, local_cluster
@@ -340,7 +341,7 @@ def route_switched(client: Client, on: bool) -> Any:
 
 
 def _switch_route(dask_scheduler: Any, on: bool) -> None:
-    from dedupgraph import scheduler
+    from dedupgraph.routes import scheduler
 
     if on:
         scheduler.install(dask_scheduler)
@@ -623,13 +624,12 @@ def environment() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m dedupgraph.benchmarks.suite``: the ``dedupgraph bench`` command."""
-    from dedupgraph.cli import bench
-
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--cells-only"]:  # the child process of cells_in_child
         _cells_only(Path(args[1]))
         return
-    bench.main(args=args, prog_name="dedupgraph bench")
+    # the command line is the CLI's, which imports this module: run it, do not import it
+    raise SystemExit(subprocess.call([sys.executable, "-m", "dedupgraph", "bench", *args]))
 
 
 if __name__ == "__main__":

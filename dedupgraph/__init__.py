@@ -15,18 +15,20 @@ from dedupgraph.settings import register_defaults
 
 register_defaults()
 
-from dedupgraph import hint  # noqa: E402
+from dedupgraph.tools import hint  # noqa: E402
 
-hint.install()  # the once-per-process hint while the pass is off (see dedupgraph.hint)
+# the once-per-process hint on local schedulers while the pass is off (see
+# dedupgraph.tools.hint): an observer, not configuration
+hint.watch_local_schedulers()
 
-from dedupgraph.activation import disable, enable  # noqa: E402
-from dedupgraph.deduplicate import deduplicate  # noqa: E402
-from dedupgraph.inline import keep_inline  # noqa: E402
-from dedupgraph.optimizer import Deduplicator, dedup, dedup_bag, dedup_delayed  # noqa: E402
-from dedupgraph.report import Report, inspect  # noqa: E402
+from dedupgraph.routes.activation import disable, enable  # noqa: E402
+from dedupgraph.routes.deduplicate import deduplicate  # noqa: E402
+from dedupgraph.core.inline import keep_inline  # noqa: E402
+from dedupgraph.routes.config import Deduplicator, dedup, dedup_bag, dedup_delayed  # noqa: E402
+from dedupgraph.tools.report import Report, inspect  # noqa: E402
 from dedupgraph.settings import Settings  # noqa: E402
+from dedupgraph.version import __version__  # noqa: E402
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Deduplicator",

@@ -1,5 +1,5 @@
 """``python -m dedupgraph``: the same commands as the ``dedupgraph`` console script."""
 
-from dedupgraph.cli import main
+from dedupgraph.tools.cli import main
 
 main()

@@ -15,7 +15,7 @@ import pandas as pd
 from dask import delayed
 from dask.base import collections_to_expr
 
-from dedupgraph.optimizer import task_graph
+from dedupgraph.core.pipeline import task_graph
 
 SERIES_ROWS = 30_000  # ~241 KB pickled, as in the seed scenario
 

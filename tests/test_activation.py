@@ -10,7 +10,7 @@ import pytest
 from dask import delayed
 
 import dedupgraph
-from dedupgraph.optimizer import task_graph
+from dedupgraph.core.pipeline import task_graph
 
 from payloads import Mapper, hoisted_keys, optimized_graph, uses_mapper
 

@@ -8,9 +8,9 @@ import dask.array as da
 import numpy as np
 from dask import delayed
 
-from dedupgraph.candidates import find_candidates
-from dedupgraph.fingerprint import FingerprintMemo
-from dedupgraph.transform import ARGUMENT, CONTAINER, FUNCTION, KEYWORD, SUBGRAPH, SUBGRAPH_INPUT
+from dedupgraph.core.candidates import find_candidates
+from dedupgraph.core.fingerprint import FingerprintMemo
+from dedupgraph.core.transform import ARGUMENT, CONTAINER, FUNCTION, KEYWORD, SUBGRAPH, SUBGRAPH_INPUT
 
 from payloads import Mapper, optimized_graph, uses_kw, uses_mapper
 

@@ -13,7 +13,7 @@ import dask
 import distributed
 
 import dedupgraph
-from dedupgraph.cli import info_text
+from dedupgraph.tools.cli import info_text
 
 BIN = Path(sys.executable).parent
 
@@ -34,6 +34,7 @@ def test_info_in_a_plain_process():
     assert f"dask {dask.__version__}, distributed {distributed.__version__}" in out
     assert "pass: off" in out and "client preload" not in out
     assert "min-bytes   64.00 kiB (65536)" in out and "hint-bytes  10.00 MiB" in out
+    assert "merge-equal immutable" in out and "share       process" in out and "share-limit 50% of /dev/shm" in out
 
 
 def test_info_names_the_environment_route_preload_and_settings():
@@ -141,7 +142,7 @@ def test_bench_checks_its_arguments():
 
 def test_bench_choices_are_the_suites():
     from dedupgraph.benchmarks import suite
-    from dedupgraph.cli import bench
+    from dedupgraph.tools.cli import bench
 
     choices = {p.name: tuple(p.type.choices) for p in bench.params if isinstance(p.type, click.Choice)}
     assert choices == {"modes": suite.MODES, "collections": suite.COLLECTIONS, "sizes": tuple(suite.SIZES)}
@@ -156,7 +157,7 @@ def test_info_names_the_scheduler_preload_of_this_process():
 def test_info_asks_a_scheduler_whether_it_runs_the_route():
     from distributed import LocalCluster
 
-    from dedupgraph.cli import scheduler_text
+    from dedupgraph.tools.cli import scheduler_text
 
     for preloads, expected in (([], "scheduler route: off (the route is not switched on"), (["dedupgraph.scheduler"], "scheduler route: on")):
         with dask.config.set({"distributed.scheduler.preload": preloads}):

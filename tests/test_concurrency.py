@@ -47,20 +47,22 @@ def test_concurrent_passes_are_independent_and_correct():
 
 
 def test_no_module_level_state_changes_during_a_pass():
-    import dedupgraph.candidates
-    import dedupgraph.fingerprint
-    import dedupgraph.optimizer
-    import dedupgraph.plan
-    import dedupgraph.rewrite
-    import dedupgraph.transform
+    import dedupgraph.core.candidates
+    import dedupgraph.core.fingerprint
+    import dedupgraph.core.pipeline
+    import dedupgraph.core.plan
+    import dedupgraph.core.rewrite
+    import dedupgraph.core.transform
+    import dedupgraph.routes.config
 
     modules = [
-        dedupgraph.candidates,
-        dedupgraph.fingerprint,
-        dedupgraph.optimizer,
-        dedupgraph.plan,
-        dedupgraph.rewrite,
-        dedupgraph.transform,
+        dedupgraph.core.candidates,
+        dedupgraph.core.fingerprint,
+        dedupgraph.core.pipeline,
+        dedupgraph.routes.config,
+        dedupgraph.core.plan,
+        dedupgraph.core.rewrite,
+        dedupgraph.core.transform,
     ]
 
     def snapshot():

@@ -25,9 +25,9 @@ from distributed import Client, LocalCluster, wait
 from distributed.diagnostics import MemorySampler
 
 import dedupgraph
-from dedupgraph.deduplicate import deduplicate
-from dedupgraph.optimizer import task_graph
-from dedupgraph.scatter import HoldingLayer, ScatteredRef
+from dedupgraph.routes.deduplicate import deduplicate
+from dedupgraph.core.pipeline import task_graph
+from dedupgraph.routes.scatter import HoldingLayer, ScatteredRef
 
 from payloads import Mapper, hoisted_keys, payload, uses_mapper
 
@@ -184,7 +184,7 @@ def add_len_frame(part, mapper):
 
 
 def test_dataframes_are_rebuilt_without_an_alias_per_partition(client):
-    from dedupgraph.frames import RenamedGraph
+    from dedupgraph.routes.frames import RenamedGraph
 
     mapper = Mapper(30_007)
     df = _frame(mapper)
@@ -209,7 +209,7 @@ def _count_prefixed(prefix, dask_scheduler):
 
 
 def test_dataframes_sharing_outputs_keep_them_shared(client):
-    from dedupgraph.frames import RenamedGraph
+    from dedupgraph.routes.frames import RenamedGraph
 
     mapper = Mapper(30_008)
     df = _frame(mapper)
@@ -377,7 +377,7 @@ ARRAY_EXPR_SCRIPT = textwrap.dedent(
     import dask, dask.array as da, numpy as np
     from distributed import Client, LocalCluster
     from dedupgraph import deduplicate
-    from dedupgraph.optimizer import task_graph
+    from dedupgraph.core.pipeline import task_graph
 
     from payloads import Mapper, uses_mapper
 

@@ -77,7 +77,7 @@ def test_unset_imports_nothing_and_costs_microseconds():
         ("1", "from distributed import Client"),
         ("yes", "import dask.bag"),
         ("True", "import dedupgraph"),  # dedupgraph imports dask itself, halfway through its own import
-        ("True", "import dedupgraph.cli"),
+        ("True", "import dedupgraph.tools.cli"),
     ],
 )
 def test_true_values_switch_the_pass_on_whatever_is_imported_first(value, first_import):
@@ -91,7 +91,7 @@ def test_true_values_switch_the_pass_on_whatever_is_imported_first(value, first_
     ]
     assert lines[4] == "preload ['dedupgraph.preload']"
     # a scheduler started in this process (dask scheduler, LocalCluster) runs the scheduler route
-    assert lines[5] == "scheduler preload ['dedupgraph.hint', 'dedupgraph.scheduler']"
+    assert lines[5] == "scheduler preload ['dedupgraph.scheduler']"
 
 
 @pytest.mark.parametrize("value", ["0", "false", "no", ""])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dedupgraph.fingerprint import FingerprintMemo, content_fingerprint, is_obviously_small, label_of
+from dedupgraph.core.fingerprint import FingerprintMemo, content_fingerprint, is_obviously_small, label_of
 
 from payloads import ExplodingPickle, Mapper, Unpicklable
 
@@ -91,7 +91,7 @@ def test_collision_end_to_end(monkeypatch):
     from dask import delayed
 
     import dedupgraph
-    import dedupgraph.optimizer as optimizer
+    import dedupgraph.core.pipeline as optimizer
     from payloads import hoisted_keys, optimized_graph, uses_mapper
 
     monkeypatch.setattr(

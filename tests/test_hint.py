@@ -15,7 +15,7 @@ from dask.callbacks import Callback
 from distributed import Client, LocalCluster
 
 import dedupgraph
-from dedupgraph import hint
+from dedupgraph.tools import hint
 
 from payloads import Mapper, uses_mapper
 
@@ -27,23 +27,27 @@ def fresh(monkeypatch, caplog):
     """A process that has given no hint yet, logging dedupgraph's INFO lines.
 
     Installed again: dask drops its global callbacks when computations run
-    concurrently in threads (test_concurrency does), see dedupgraph.hint.
+    concurrently in threads (test_concurrency does), see dedupgraph.tools.hint.
     """
     monkeypatch.setattr(hint, "_given", False)
     monkeypatch.setattr(Callback, "active", set(Callback.active))
+    preloads = dask.config.get("distributed.scheduler.preload", [])
     hint.install()
     caplog.set_level(logging.INFO, logger="dedupgraph")
-    return caplog
+    yield caplog
+    dask.config.set({"distributed.scheduler.preload": preloads})  # what install() added, for this test only
 
 
 def test_importing_dedupgraph_installs_the_observers_once():
     code = (
-        "import dask; from dask.callbacks import Callback; n = len(Callback.active); import dedupgraph, importlib;"
-        "from dedupgraph import hint; hint.install(); hint.install();"
+        "import dask, distributed; from dask.callbacks import Callback; n = len(Callback.active); import dedupgraph;"
+        "print(len(Callback.active) - n, dask.config.get('distributed.scheduler.preload'));"
+        "from dedupgraph.tools import hint; hint.install(); hint.install();"
         "print(len(Callback.active) - n, dask.config.get('distributed.scheduler.preload'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["1", "['dedupgraph.hint']"]
+    # the import: the local observer only; install(): the schedulers' preload too, once
+    assert out.split() == ["1", "[]", "1", "['dedupgraph.tools.hint']"]
 
 
 def hints(caplog):
@@ -100,7 +104,7 @@ def test_invalid_setting_warns_once_and_computes(fresh):
 
 
 def test_estimate_from_a_sample_of_a_large_graph():
-    from dedupgraph.optimizer import task_graph
+    from dedupgraph.core.pipeline import task_graph
 
     x = da.zeros((10_000, 1), chunks=(1, 1)).map_blocks(uses_mapper, Mapper(), meta=np.array(()))
     graph = task_graph(dask.array.optimization.optimize(x.__dask_graph__(), x.__dask_keys__()))

@@ -31,8 +31,10 @@ from dask import delayed
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, wait
 
 import dedupgraph
-from dedupgraph import host_share, shared_memory
-from dedupgraph.optimizer import deduplicate_graph
+from dedupgraph.routes import host_share
+from dedupgraph.routes import shared_memory
+from dedupgraph.core.pipeline import deduplicate_graph
+from dedupgraph.routes.placing import placement_for
 from dedupgraph.settings import Settings
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX shared memory: Linux only")
@@ -104,6 +106,11 @@ def segment_dir():
 def cluster(n_workers: int, **kwargs) -> LocalCluster:
     kwargs.setdefault("memory_limit", "1GiB")
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None, **kwargs)
+
+
+def host_graph(graph, settings: Settings):
+    """What the routes make of ``graph`` under ``settings``: the pass, placing as ``share`` says."""
+    return deduplicate_graph(graph, settings, place=placement_for(settings))
 
 
 def files(directory: Path) -> list[str]:
@@ -250,7 +257,7 @@ def test_a_worker_killed_mid_computation_gives_correct_results(client, shm):
 
 def test_the_scheduler_route_shares_per_host_too():
     """Nothing switched on in the client: the scheduler's preload runs the pass, with its config."""
-    from dedupgraph.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE
+    from dedupgraph.routes.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE
 
     table = Table(seed=11.0)
     with segment_dir() as shm:
@@ -268,15 +275,15 @@ def test_what_has_no_large_buffers_or_is_opted_out_stays_per_process(caplog):
 
     lookup = {i: str(i) for i in range(20_000)}  # pure Python: nothing out of band
     graph = {f"t{i}": Task(f"t{i}", max, i, lookup) for i in range(3)}
-    out = deduplicate_graph(graph, Settings(share="host"))
+    out = host_graph(graph, Settings(share="host"))
     assert any(str(k).startswith("dedup-dict-") for k in out) and not any("dedup-host" in str(k) for k in out)
     assert "share='host': dict stays per process: 0 B of out-of-band buffers" in caplog.text
     table = Table(seed=5.0)
     graph = {f"t{i}": Task(f"t{i}", score, i, table) for i in range(3)}
-    assert deduplicate_graph(graph, Settings(share="host", exclude=(f"{__name__}.Table",))) is graph
-    hoisted = deduplicate_graph(graph, Settings(share="host"))
+    assert host_graph(graph, Settings(share="host", exclude=(f"{__name__}.Table",))) is graph
+    hoisted = host_graph(graph, Settings(share="host"))
     assert any(str(k).startswith("dedup-host-Table-") for k in hoisted)
-    assert deduplicate_graph(hoisted, Settings(share="host")) is hoisted  # idempotent
+    assert host_graph(hoisted, Settings(share="host")) is hoisted  # idempotent
 
 
 def test_fused_subgraph_inputs_and_inner_data_nodes_are_unwrapped():
@@ -291,7 +298,7 @@ def test_fused_subgraph_inputs_and_inner_data_nodes_are_unwrapped():
             "x": Task("x", int, i),
         }
         graph[f"f{i}"] = Task(f"f{i}", _execute_subgraph, inner, f"out{i}", ())
-    out = deduplicate_graph(graph, Settings(share="host"))
+    out = host_graph(graph, Settings(share="host"))
     assert any(str(k).startswith("dedup-host-Table-") for k in out)
     assert dask.get(out, [f"f{i}" for i in range(3)]) == dask.get(graph, [f"f{i}" for i in range(3)])
 
@@ -326,7 +333,7 @@ def _crashed_process_leftover() -> str:
     """A segment whose only user was killed: what a crashed host leaves."""
     code = """
         import os, signal
-        from dedupgraph import shared_memory as sm
+        from dedupgraph.routes import shared_memory as sm
         view = sm.create("ab" * 16, 4096, 0.5, lambda write: write(0, b"x" * 4096))
         print(sm.segment_name("ab" * 16), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -358,8 +365,8 @@ def test_buffers_travel_to_another_host_and_with_plain_pickles():
     """What a transfer to another host, a spill, or the local "processes" scheduler (cloudpickle) carry."""
     import cloudpickle
 
-    from dedupgraph.fingerprint import content_fingerprint
-    from dedupgraph.plan import Hoist, hoisted_key
+    from dedupgraph.core.fingerprint import content_fingerprint
+    from dedupgraph.core.plan import Hoist, hoisted_key
 
     table = Table(seed=10.0)
     fp = content_fingerprint(table)

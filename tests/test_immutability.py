@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dedupgraph.immutability import is_immutable, merge_policy
+from dedupgraph.core.immutability import is_immutable, merge_policy
 
 
 def _read_only(array):

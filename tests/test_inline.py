@@ -13,8 +13,8 @@ import pytest
 from dask import delayed
 
 import dedupgraph
-from dedupgraph.fingerprint import EXCLUDED, FingerprintMemo
-from dedupgraph.inline import InlineDict
+from dedupgraph.core.fingerprint import EXCLUDED, FingerprintMemo
+from dedupgraph.core.inline import InlineDict
 
 from payloads import Mapper, hoisted_keys, optimized_graph, uses_mapper
 
@@ -58,7 +58,7 @@ def test_keep_inline_marks_the_object_and_survives_pickling():
     memo = FingerprintMemo(1024)
     assert memo.fingerprint(m) is None and memo.why_inline(m) == EXCLUDED
     # the mark travels to a distributed scheduler with the object
-    assert dedupgraph.inline.is_kept_inline(pickle.loads(pickle.dumps(m)))
+    assert dedupgraph.core.inline.is_kept_inline(pickle.loads(pickle.dumps(m)))
 
 
 def test_keep_inline_of_plain_containers_returns_marked_copies():

@@ -15,7 +15,7 @@ import pytest
 from dask import delayed
 
 import dedupgraph
-from dedupgraph.optimizer import deduplicate_graph, task_graph
+from dedupgraph.core.pipeline import deduplicate_graph, task_graph
 from dedupgraph.settings import Settings
 
 from payloads import (
@@ -193,7 +193,7 @@ def test_legacy_tuple_graph():
 
 
 def test_internal_failure_leaves_graph_unchanged(monkeypatch, caplog):
-    import dedupgraph.optimizer as optimizer
+    import dedupgraph.core.pipeline as optimizer
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug in the pass")

@@ -26,8 +26,8 @@ from dask import delayed
 from distributed import Client, LocalCluster
 
 import dedupgraph
-import dedupgraph.preload as preload
-from dedupgraph import courier
+import dedupgraph.routes.client_preload as preload
+from dedupgraph.routes import courier
 
 TESTS_DIR = Path(__file__).resolve().parent
 BIG = bytes(range(256)) * 1200  # 300 KB, carried by every task below (bytes: delayed does not traverse them)

@@ -17,7 +17,7 @@ import pytest
 from dask import delayed
 
 import dedupgraph
-from dedupgraph.report import Report
+from dedupgraph.tools.report import Report
 
 from payloads import CASES, N_CHUNKS, Mapper, Unpicklable, case_settings, hoisted_keys, optimized_graph, uses_mapper
 

@@ -9,10 +9,10 @@ from dask._task_spec import DataNode, TaskRef
 from dask import delayed
 
 import dedupgraph
-from dedupgraph.candidates import find_candidates
-from dedupgraph.fingerprint import FingerprintMemo
-from dedupgraph.plan import hoisted_key, plan_hoists
-from dedupgraph.rewrite import rewrite_graph
+from dedupgraph.core.candidates import find_candidates
+from dedupgraph.core.fingerprint import FingerprintMemo
+from dedupgraph.core.plan import hoisted_key, plan_hoists
+from dedupgraph.core.rewrite import rewrite_graph
 from dedupgraph.settings import Settings
 
 from payloads import Mapper, hoisted_keys, optimized_graph, uses_mapper

@@ -6,7 +6,7 @@ import itertools
 
 from dask._task_spec import Task, TaskRef
 
-from dedupgraph.optimizer import deduplicate_graph
+from dedupgraph.core.pipeline import deduplicate_graph
 from dedupgraph.settings import Settings
 
 N = 1_000_000

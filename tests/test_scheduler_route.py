@@ -23,19 +23,19 @@ from dask import delayed
 from distributed import Client, LocalCluster, futures_of
 
 import dedupgraph
-from dedupgraph import hint
-from dedupgraph.fingerprint import content_fingerprint
-from dedupgraph.interception import interception_problem, materialize_held
-from dedupgraph.optimizer import deduplicate_graph, task_graph
-from dedupgraph.plan import hoisted_key
-from dedupgraph.prescan import nothing_large
-from dedupgraph.scheduler import PRELOAD, route_on
+from dedupgraph.tools import hint
+from dedupgraph.core.fingerprint import content_fingerprint
+from dedupgraph.routes.interception import interception_problem, materialize_held
+from dedupgraph.core.pipeline import deduplicate_graph, task_graph
+from dedupgraph.core.plan import hoisted_key
+from dedupgraph.core.prescan import nothing_large
+from dedupgraph.routes.scheduler import PRELOAD, route_on
 from dedupgraph.settings import Settings
 
 from payloads import CASES, Mapper, case_settings
 
 NPARTS = 8
-ROUTE = {"distributed.scheduler.preload": [hint.PRELOAD, PRELOAD]}  # as after import dedupgraph; enable()
+ROUTE = {"distributed.scheduler.preload": [PRELOAD]}  # as after enable()
 
 
 def _cluster(**config):
@@ -278,6 +278,7 @@ def test_a_scheduler_without_the_route_in_the_same_process_is_untouched(route, p
 
 def test_a_scheduler_with_the_route_is_never_sampled_for_the_hint(route, monkeypatch, caplog):
     monkeypatch.setattr(hint, "_given", False)
+    route.run_on_scheduler(lambda dask_scheduler: hint.dask_setup(dask_scheduler))  # the hint switched on there too (hint.install() does it)
     caplog.set_level(logging.INFO, logger="dedupgraph")
     # the route hoists nothing: 60 copies (14 MB) stay, over hint-bytes, and it must not look
     with dask.config.set({"dedupgraph.min-bytes": "1 GiB"}):
@@ -452,7 +453,7 @@ def test_the_route_hoists_what_the_pass_hoists_and_computes_the_same(case, caplo
     from dask.core import flatten
     from dask.local import get_sync
 
-    from dedupgraph.route import Route, Submission
+    from dedupgraph.routes.scheduler_route import Route, Submission
 
     caplog.set_level(logging.INFO, logger="dedupgraph")
     chosen = case_settings(case)

@@ -15,7 +15,7 @@ import pytest
 from dask import delayed
 
 import dedupgraph
-from dedupgraph.optimizer import task_graph
+from dedupgraph.core.pipeline import task_graph
 
 from payloads import Mapper, optimized_graph, uses_mapper
 

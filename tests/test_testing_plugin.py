@@ -17,7 +17,7 @@ import dask.array as da
 from dask import delayed
 from distributed.utils_test import gen_cluster, reset_config
 
-from dedupgraph.optimizer import Deduplicator
+from dedupgraph.routes.config import Deduplicator
 
 
 def test_pass_is_on():
@@ -85,12 +85,12 @@ def test_strict_fails_a_test_in_which_the_pass_failed(tmp_path: Path) -> None:
             """
             import dask
             from dask import delayed
-            import dedupgraph.optimizer
+            import dedupgraph.routes.config
 
             def test_pass_raises(monkeypatch):
-                def broken(dsk, settings):
+                def broken(dsk, settings, **kwargs):
                     raise RuntimeError("boom")
-                monkeypatch.setattr(dedupgraph.optimizer, "deduplicate_graph", broken)
+                monkeypatch.setattr(dedupgraph.routes.config, "deduplicate_graph", broken)
                 assert dask.compute(delayed(len)([1, 2]), scheduler="sync") == (2,)
             """
         )

@@ -18,8 +18,8 @@ from dask._task_spec import (
     execute_graph,
 )
 
-from dedupgraph.runtime import call
-from dedupgraph.transform import SMALL_CONTAINER_LEN, TaskTransformer
+from dedupgraph.core.runtime import call
+from dedupgraph.core.transform import SMALL_CONTAINER_LEN, TaskTransformer
 
 
 class Big:
@@ -212,7 +212,7 @@ def _graphs():
 
 
 def test_walker_and_transformer_see_the_same_leaves():
-    from dedupgraph.transform import walk_leaves
+    from dedupgraph.core.transform import walk_leaves
 
     for graph in _graphs():
         for node in graph.values():

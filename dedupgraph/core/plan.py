@@ -1,6 +1,6 @@
 """Stage 2: decide which contents to hoist, and under which key.
 
->>> from dedupgraph.fingerprint import Fingerprint
+>>> from dedupgraph.core.fingerprint import Fingerprint
 >>> hoisted_key(Fingerprint("0" * 32, 250_000, "Mapper"))
 'dedup-Mapper-00000000000000000000000000000000'
 >>> hoisted_key(Fingerprint("0" * 32, 250_000, "ndarray"), apart=("fill-1", 0))
@@ -19,8 +19,8 @@ from typing import Any
 import xxhash
 from dask.utils import format_bytes
 
-from dedupgraph.candidates import Candidates
-from dedupgraph.fingerprint import EXCLUDED, Fingerprint
+from dedupgraph.core.candidates import Candidates
+from dedupgraph.core.fingerprint import EXCLUDED, Fingerprint
 from dedupgraph.settings import Settings
 
 logger = logging.getLogger("dedupgraph")

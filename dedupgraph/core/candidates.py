@@ -22,8 +22,8 @@ from typing import Any
 
 from dask._task_spec import GraphNode
 
-from dedupgraph.fingerprint import SMALL, Fingerprint, FingerprintMemo
-from dedupgraph.transform import walk_leaves
+from dedupgraph.core.fingerprint import SMALL, Fingerprint, FingerprintMemo
+from dedupgraph.core.transform import walk_leaves
 
 Key = Hashable
 
@@ -34,7 +34,7 @@ class Candidates:
 
     A group is named by its content digest when it gathers every object of
     that content that may merge, and ``"<digest>:<n>"`` when it holds the
-    n-th object of that content that may not (see ``dedupgraph.immutability``).
+    n-th object of that content that may not (see ``dedupgraph.core.immutability``).
     """
 
     memo: FingerprintMemo

@@ -40,7 +40,7 @@ from dask._task_spec import (
     _execute_subgraph,
 )
 
-from dedupgraph.runtime import call
+from dedupgraph.core.runtime import call
 
 # Plain containers up to this length are looked into, element by element, so
 # that a large object inside ``k=[model, 1]`` is found.  Longer ones (a lookup

@@ -7,7 +7,7 @@ The settings are read from this process's ``dask.config`` when the graph is
 sent (so ``with dedupgraph.enable(...)`` and ``dask.config.set(...)`` around
 ``persist`` apply, even after the block has ended by the time the scheduler
 materializes the graph) and added to the ``update-graph`` message
-(``dedupgraph.wire``), which the route takes them out of.
+(``dedupgraph.routes.wire``), which the route takes them out of.
 
 A scheduler without the route would refuse a message with an unknown field,
 and close the client's connection: they are only added on the connection
@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dedupgraph.settings import Settings
-from dedupgraph.wire import FIELD, to_wire
+from dedupgraph.routes.wire import FIELD, to_wire
 
 if TYPE_CHECKING:
     from distributed import Client

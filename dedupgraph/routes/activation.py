@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import dask.config
 
-from dedupgraph.optimizer import Deduplicator, dedup, dedup_bag, dedup_delayed
+from dedupgraph.routes.config import Deduplicator, dedup, dedup_bag, dedup_delayed
 from dedupgraph.settings import Settings
 
 OPTIMIZER_KEYS = {
@@ -90,37 +89,3 @@ def with_preload(value: Any, name: str) -> list[str]:
     """
     preloads = preload_list(value)
     return preloads if name in preloads else [*preloads, name]
-
-
-@dataclass(frozen=True)
-class Status:
-    """Where the pass is on in this process, and what switched it on.
-
-    >>> with enable():
-    ...     status()
-    Status(on=('array', 'delayed', 'bag'), routes=('config',), preload=False, environment_failed=False, scheduler_route=True)
-    """
-
-    on: tuple[str, ...]  #: collections whose optimizer is a dedupgraph pass
-    routes: tuple[str, ...]  #: "environment", "config"
-    preload: bool  #: whether ``dedupgraph.preload`` is a client preload (switches it on at each Client)
-    environment_failed: bool  #: DASK_DEDUPGRAPH__ENABLED is true, yet the pass is off
-    #: whether ``dedupgraph.scheduler`` is a scheduler preload: schedulers started here run the route
-    scheduler_route: bool = False
-
-
-def status() -> Status:
-    """The activation of the pass in this process, for ``dedupgraph info``."""
-    from dedupgraph_startup import requested
-
-    on = tuple(
-        key.removesuffix("_optimize")
-        for key in OPTIMIZER_KEYS
-        if isinstance(dask.config.get(key, None), Deduplicator)
-    )
-    from_environment = requested()
-    preloads = dask.config.get("distributed.client.preload", None) or []
-    preload = "dedupgraph.preload" in ([preloads] if isinstance(preloads, str) else preloads)
-    routes = () if not on else ("environment",) if from_environment else ("config",)
-    scheduler_route = SCHEDULER_ROUTE in preload_list(dask.config.get(SCHEDULER_PRELOADS, None))
-    return Status(on, routes, preload, environment_failed=from_environment and not on, scheduler_route=scheduler_route)

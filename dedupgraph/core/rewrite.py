@@ -1,9 +1,9 @@
 """Stage 3: rewrite the tasks that carry hoisted contents to reference one key each.
 
 >>> from dask._task_spec import Task
->>> from dedupgraph.candidates import find_candidates
->>> from dedupgraph.fingerprint import FingerprintMemo
->>> from dedupgraph.plan import plan_hoists
+>>> from dedupgraph.core.candidates import find_candidates
+>>> from dedupgraph.core.fingerprint import FingerprintMemo
+>>> from dedupgraph.core.plan import plan_hoists
 >>> from dedupgraph.settings import Settings
 >>> big = list(range(50_000))
 >>> graph = {"a": Task("a", len, big), "b": Task("b", len, big)}
@@ -20,9 +20,13 @@ from typing import Any
 
 from dask._task_spec import DataNode, GraphNode, Task, TaskRef
 
-from dedupgraph.candidates import Candidates
-from dedupgraph.plan import Hoist, Plan
-from dedupgraph.transform import SUBGRAPH, TaskTransformer
+from dedupgraph.core.candidates import Candidates
+from dedupgraph.core.plan import Hoist, Plan
+from dedupgraph.core.transform import SUBGRAPH, TaskTransformer
+
+#: Where a route stores a hoist: (the node under its own key, the node carrying
+#: tasks get instead of the object), or None for a plain ``DataNode``.
+Place = Callable[[Hoist], "tuple[GraphNode, GraphNode] | None"]
 
 
 class _Hoister(TaskTransformer):
@@ -60,7 +64,7 @@ def rewrite_graph(
     plan: Plan,
     candidates: Candidates,
     references: Mapping[str, TaskRef] | None = None,
-    place: Callable[[Hoist], tuple[GraphNode, GraphNode] | None] | None = None,
+    place: Place | None = None,
 ) -> dict[Hashable, GraphNode]:
     """A new graph dict: carrying tasks rewritten, all other tasks the same objects.
 

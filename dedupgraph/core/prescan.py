@@ -34,14 +34,14 @@ never new large values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dask._task_spec import DataNode, GraphNode, Task
 
-from dedupgraph.fingerprint import FingerprintMemo, is_obviously_small
+from dedupgraph.core.fingerprint import FingerprintMemo, is_obviously_small
 from dedupgraph.settings import Settings
-from dedupgraph.transform import SMALL_CONTAINER_LEN, walk_leaves
+from dedupgraph.core.transform import SMALL_CONTAINER_LEN, walk_leaves
 
 # Values that ``Blockwise`` dependencies of these types give each block: shapes, slices, block ids.
 _SMALL_BLOCKWISE_DEPS = frozenset({"ArrayChunkShapeDep", "ArraySliceDep", "ArrayBlockIdDep", "ArrayBlockwiseDep"})
@@ -51,22 +51,44 @@ class _Large(Exception):
     """Something as large as ``min-bytes``, or not known to be small: the pass must look."""
 
 
-def nothing_large(expr: Any, settings: Settings) -> bool:
-    """True only if materializing ``expr`` gives tasks that carry nothing of ``min-bytes`` or more."""
+# dask's own low-level optimizers: culling and fusion build new tasks, never new large values
+DASK_OPTIMIZERS = frozenset({
+    ("dask.array.optimization", "optimize"),
+    ("dask.bag.core", "optimize"),
+    ("dask.delayed", "optimize"),
+})
+
+
+def dask_optimizer(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is one of dask's own low-level optimizers (or none).
+
+    >>> from dask.array.optimization import optimize
+    >>> dask_optimizer(optimize), dask_optimizer(None), dask_optimizer(print)
+    (True, True, False)
+    """
+    if optimizer is None:
+        return True
+    return (getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")) in DASK_OPTIMIZERS
+
+
+def nothing_large(expr: Any, settings: Settings, known: Callable[[Any], bool] = dask_optimizer) -> bool:
+    """True only if materializing ``expr`` gives tasks that carry nothing of ``min-bytes`` or more.
+
+    ``known(optimizer)``: whether a graph's low-level optimizer is one that
+    makes no large values (a route adds its own passes to dask's).
+    """
     try:
         from dask._expr import HLGExpr, _HLGExprSequence
         from dask.highlevelgraph import HighLevelGraph
     except ImportError:  # another dask: no shortcut
         return False
-    from dedupgraph.route import _expressions
-
     leaf = _leaf_check(settings)
     read = 0  # legacy graphs read: an expression without any is not one of them
     try:
-        for node in _expressions(expr):
+        for node in expressions(expr):
             if isinstance(node, _HLGExprSequence):
                 continue
-            if not isinstance(node, HLGExpr) or not _known_optimizer(node.low_level_optimizer):
+            if not isinstance(node, HLGExpr) or not known(node.low_level_optimizer):
                 return False
             graph = node.operand("dsk")
             if not isinstance(graph, HighLevelGraph):
@@ -125,21 +147,24 @@ def _layers(graph: Any, leaf: Any) -> None:
             raise _Large  # a layer type not known here
 
 
-def _known_optimizer(optimizer: Any) -> bool:
-    from dedupgraph.optimizer import Deduplicator
+def expressions(expr: Any) -> Iterator[Any]:
+    """Every expression in ``expr``'s tree, each once, without tokenizing any (``Expr.walk`` would).
 
-    if isinstance(optimizer, Deduplicator):  # the config route: neutralized before materializing
-        optimizer = optimizer.base
-    if optimizer is None:
-        return True
-    return (getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")) in {
-        ("dask.array.optimization", "optimize"),
-        ("dask.bag.core", "optimize"),
-        ("dask.delayed", "optimize"),
-        ("dedupgraph.optimizer", "_array_optimize"),
-        ("dedupgraph.optimizer", "_delayed_optimize"),
-        ("dedupgraph.optimizer", "_bag_optimize"),
-    }
+    >>> list(expressions(object()))
+    []
+    """
+    from dask._expr import Expr
+
+    if not isinstance(expr, Expr):
+        return
+    stack, seen = [expr], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        stack.extend(op for op in node.operands if isinstance(op, Expr))
 
 
 def _blockwise(layer: Any, leaf: Any) -> None:

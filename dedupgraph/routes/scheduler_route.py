@@ -15,13 +15,13 @@ optimizers in their place, so that the graph is deduplicated once, here,
 with one walk; (2) materialize as distributed does; (3) deduplicate the
 result with ``optimizer.deduplicate_graph`` and the settings that win,
 unless the graph's layers already showed that nothing in it is large
-(``dedupgraph.prescan``); (4) keep the task keys, annotations and
+(``dedupgraph.core.prescan``); (4) keep the task keys, annotations and
 priorities exactly as plain dask gives them (``dask.order`` runs on plain
 dask's graph), the hoisted keys being data without any.
 
 Settings, first that applies: those of the config route's passes found in
 the expression (the client's, when it submitted); those the client sent
-with the graph (``dedupgraph.wire``); this scheduler's own ``dask.config``.
+with the graph (``dedupgraph.routes.wire``); this scheduler's own ``dask.config``.
 
 Any exception leaves the graph as distributed materializes it, with one
 WARNING.
@@ -39,9 +39,13 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dedupgraph.optimizer import Deduplicator, deduplicate_graph
+from dedupgraph.core.pipeline import deduplicate_graph
+
+from dedupgraph.core.prescan import expressions
+from dedupgraph.routes.placing import placement_for
+from dedupgraph.routes.config import Deduplicator, known_optimizer
 from dedupgraph.settings import Settings
-from dedupgraph.wire import from_wire
+from dedupgraph.routes.wire import from_wire
 
 logger = logging.getLogger("dedupgraph")
 
@@ -118,7 +122,7 @@ class Route:
         if len(dsk) == 1 and settings.min_count > 1 and not settings.dry_run:
             # within one task nothing reaches min-count: only other graphs can
             return self._across_graphs(dsk, settings, submission)
-        return deduplicate_graph(dsk, settings)  # type: ignore[return-value]
+        return deduplicate_graph(dsk, settings, place=placement_for(settings))  # type: ignore[return-value]
 
     def _across_graphs(self, dsk: Graph, settings: Settings, submission: Submission) -> Graph:
         # client.submit sends one task per graph: a large argument there is
@@ -135,7 +139,7 @@ class Route:
             while len(self._recent) > RECENT_KEYS:
                 self._recent.popitem(last=False)
         if any(submission.live(key) or seen[key] + 1 >= settings.min_count for key in keys):
-            return deduplicate_graph(dsk, dataclasses.replace(settings, min_count=1))  # type: ignore[return-value]
+            return deduplicate_graph(dsk, dataclasses.replace(settings, min_count=1), place=placement_for(settings))  # type: ignore[return-value]
         return dsk
 
 
@@ -146,7 +150,7 @@ def config_route_slots(expr: Any) -> list[tuple[Any, int, Deduplicator]]:
     []
     """
     slots = []
-    for node in _expressions(expr):
+    for node in expressions(expr):
         parameters = getattr(type(node), "_parameters", ())
         if "low_level_optimizer" in parameters:
             index = parameters.index("low_level_optimizer")
@@ -154,22 +158,6 @@ def config_route_slots(expr: Any) -> list[tuple[Any, int, Deduplicator]]:
             if isinstance(optimizer, Deduplicator):
                 slots.append((node, index, optimizer))
     return slots
-
-
-def _expressions(expr: Any) -> Iterator[Any]:
-    """Every expression in ``expr``'s tree, each once, without tokenizing any (``Expr.walk`` would)."""
-    from dask._expr import Expr
-
-    if not isinstance(expr, Expr):
-        return
-    stack, seen = [expr], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        yield node
-        stack.extend(op for op in node.operands if isinstance(op, Expr))
 
 
 def winning_settings(passes: list[Deduplicator], client_settings: Mapping[str, Any] | None) -> Settings:
@@ -186,9 +174,9 @@ def winning_settings(passes: list[Deduplicator], client_settings: Mapping[str, A
 
 def content_keys(node: Any, settings: Settings) -> set[str]:
     """The hoisted keys the pass would give the large contents that one task carries."""
-    from dedupgraph.fingerprint import FingerprintMemo
-    from dedupgraph.plan import hoisted_key
-    from dedupgraph.transform import walk_leaves
+    from dedupgraph.core.fingerprint import FingerprintMemo
+    from dedupgraph.core.plan import hoisted_key
+    from dedupgraph.core.transform import walk_leaves
 
     memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
     keys: set[str] = set()
@@ -213,10 +201,10 @@ def _spending(submission: Submission) -> Iterator[None]:
 
 def _nothing_large(expr: Any, settings: Settings) -> bool:
     """Whether the graph's layers show, before it is materialized, that the pass would hoist nothing."""
-    from dedupgraph.prescan import nothing_large
+    from dedupgraph.core.prescan import nothing_large
 
     try:
-        return nothing_large(expr, settings)
+        return nothing_large(expr, settings, known=known_optimizer)
     except Exception:  # only a shortcut: the pass decides
         logger.debug("dedupgraph: reading the layers failed; the pass runs", exc_info=True)
         return False

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from dask._task_spec import Task, TaskRef
 from dask.utils import format_bytes
 
-from dedupgraph.plan import Hoist
+from dedupgraph.core.plan import Hoist
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -95,7 +95,7 @@ def lost(key: str, label: str, nbytes: int, broadcast: bool) -> NoReturn:
     >>> lost("dedup-list-00", "list", 10, False)
     Traceback (most recent call last):
     ...
-    dedupgraph.scatter.ScatteredObjectLost: dedupgraph: the scattered object dedup-list-00 ...
+    dedupgraph.routes.scatter.ScatteredObjectLost: dedupgraph: the scattered object dedup-list-00 ...
     """
     where = "every worker that held a copy" if broadcast else "the only worker that held it"
     raise ScatteredObjectLost(
@@ -180,7 +180,7 @@ def _scattered(client: Client, hoists: Mapping[str, Hoist], broadcast: bool) -> 
 
 def _is_host_shared(value: Any) -> bool:
     # only a module that is already imported can have made one
-    module = sys.modules.get("dedupgraph.host_share")
+    module = sys.modules.get("dedupgraph.routes.host_share")
     return module is not None and isinstance(value, module.HostShared)
 
 

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from dask._task_spec import GraphNode
 
-    from dedupgraph.candidates import Candidates
-    from dedupgraph.plan import Apart, Plan, Summary
+    from dedupgraph.core.candidates import Candidates
+    from dedupgraph.core.plan import Apart, Plan, Summary
 
 
 @dataclass(frozen=True)
@@ -157,14 +157,14 @@ def inspect(*args: Any, traverse: bool = True, **settings: Any) -> Report:
     would hoist.
     """
     from dedupgraph.compat import MISSING_INTERNALS
-    from dedupgraph.deduplicate import _resolve_client, materialize
+    from dedupgraph.routes.materialize import materialize, resolve_client
 
     chosen = Settings.from_config(**settings)
     if MISSING_INTERNALS:
         raise RuntimeError(f"dedupgraph.inspect cannot read this dask's graphs: it lacks {', '.join(MISSING_INTERNALS)}")
     collections, _ = unpack_collections(*args, traverse=traverse)
     # the graph that will run: a distributed Client does not fuse dask-expr graphs
-    graph, _ = materialize(collections, fuse=_resolve_client(None) is None) if collections else ({}, [])
+    graph = materialize(collections, fuse=resolve_client(None) is None).graph if collections else {}
     return graph_report(graph, chosen)
 
 
@@ -172,10 +172,10 @@ def graph_report(graph: Mapping[Hashable, GraphNode], settings: Settings) -> Rep
     """A :class:`Report` of a graph of ``GraphNode``s."""
     # the stages are imported where used: a dask without the internals they
     # need must still be able to import dedupgraph (see dedupgraph.compat)
-    from dedupgraph.candidates import find_candidates
-    from dedupgraph.fingerprint import FingerprintMemo, is_excluded
-    from dedupgraph.immutability import merge_policy
-    from dedupgraph.plan import NOTABLE_BYTES, plan_hoists
+    from dedupgraph.core.candidates import find_candidates
+    from dedupgraph.core.fingerprint import FingerprintMemo, is_excluded
+    from dedupgraph.core.immutability import merge_policy
+    from dedupgraph.core.plan import NOTABLE_BYTES, plan_hoists
 
     floor = min(NOTABLE_BYTES, settings.min_bytes)
     # exclusions are judged per content below, so that their size shows
@@ -202,8 +202,8 @@ def _shown_groups(found: Candidates, settings: Settings) -> list[str]:
 
 
 def _content_rows(found: Candidates, plan: Plan, excluded: set[str], settings: Settings) -> list[Row]:
-    from dedupgraph.fingerprint import EXCLUDED
-    from dedupgraph.plan import why_inline
+    from dedupgraph.core.fingerprint import EXCLUDED
+    from dedupgraph.core.plan import why_inline
 
     rows = []
     for group in _shown_groups(found, settings):
@@ -228,7 +228,7 @@ def _content_rows(found: Candidates, plan: Plan, excluded: set[str], settings: S
 
 
 def _inline_rows(found: Candidates) -> list[Row]:
-    from dedupgraph.fingerprint import label_of
+    from dedupgraph.core.fingerprint import label_of
 
     return [
         Row(
@@ -258,7 +258,7 @@ def _where(positions: set[str], value: Any) -> tuple[str, ...]:
     return tuple(f"{name} ({kind})" if kind else name for name in names)
 
 
-# How stage 1's positions (dedupgraph.transform) read in a report.
+# How stage 1's positions (dedupgraph.core.transform) read in a report.
 _POSITION_NAMES = {
     "function": "function",
     "argument": "positional argument",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from dedupgraph.fingerprint import KEEP_INLINE_ATTR, is_kept_inline
+from dedupgraph.core.fingerprint import KEEP_INLINE_ATTR, is_kept_inline
 
 T = TypeVar("T")
 

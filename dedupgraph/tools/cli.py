@@ -50,7 +50,7 @@ def scheduler_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
     import dask.config
     from distributed import Client
 
-    from dedupgraph.preload import scheduler_status
+    from dedupgraph.routes.client_preload import scheduler_status
 
     # a bare Client: this question must not run the client preloads (they switch things on)
     try:
@@ -83,7 +83,7 @@ def info_text() -> str:
     from dask.utils import format_bytes
 
     import dedupgraph
-    from dedupgraph.activation import status
+    from dedupgraph.tools.status import status
     from dedupgraph.compat import MISSING_INTERNALS
 
     st = status()
@@ -130,8 +130,19 @@ def info_text() -> str:
         f"  dry-run     {settings.dry_run}",
         f"  exclude     {', '.join(settings.exclude) or '(none)'}",
         f"  hint-bytes  {'off' if settings.hint_bytes is None else format_bytes(settings.hint_bytes)}",
+        f"  merge-equal {settings.merge_equal}",
+        f"  share       {settings.share}",
+        f"  share-min-bytes {format_bytes(settings.share_min_bytes)} ({settings.share_min_bytes})",
+        f"  share-limit {_share_limit(settings.share_limit)}",
     ]
     return "\n".join(lines)
+
+
+def _share_limit(limit: float | int) -> str:
+    # a fraction of /dev/shm's size, or bytes (see Settings)
+    from dask.utils import format_bytes
+
+    return f"{limit:.0%} of /dev/shm" if isinstance(limit, float) else f"{format_bytes(limit)} ({limit})"
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -143,7 +154,7 @@ def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
 
     Results are those of the script without dedupgraph; the exit status is the script's.
     """
-    from dedupgraph.script import inspect_script
+    from dedupgraph.tools.script import inspect_script
 
     if verbose:
         handler = logging.StreamHandler(sys.stderr)

@@ -4,14 +4,16 @@
 >>> # INFO dedupgraph: this graph carries about 917 MiB of duplicated task payload (Mapper, in 4000
 >>> # of 8000 tasks) and dedupgraph is off: dedupgraph.enable() hoists each such object into one ...
 
-Importing dedupgraph installs two observers, and nothing else changes:
+Two observers give it:
 
 - a ``dask.callbacks.Callback`` (dask's hook for diagnostics such as the
   progress bar) that sees each graph a local scheduler (threads, sync,
-  processes) is about to run;
-- a scheduler preload, ``dedupgraph.hint`` in ``distributed.scheduler.preload``,
-  that adds a ``SchedulerPlugin`` to each scheduler started in this process
-  (``LocalCluster``).
+  processes) is about to run.  Importing dedupgraph registers it; the
+  import changes no configuration beyond registering dedupgraph's defaults;
+- a ``SchedulerPlugin`` on a distributed scheduler.  A scheduler started
+  with the ``dedupgraph.scheduler`` preload gets it while the route is
+  off; so do the schedulers a process starts (``LocalCluster``) after
+  :func:`install` added this module to ``distributed.scheduler.preload``.
 
 A remote scheduler that can import dedupgraph but does not run the
 scheduler route gets the same plugin from the first client whose
@@ -53,7 +55,7 @@ logger = logging.getLogger("dedupgraph")
 T = TypeVar("T")
 
 SAMPLE_TASKS = 2000
-PRELOAD = "dedupgraph.hint"
+PRELOAD = "dedupgraph.tools.hint"
 
 # Once per process: the only state here, a flag under a lock.
 _given = False
@@ -80,9 +82,9 @@ def duplicated_payload(sample: Sequence[GraphNode], total: int) -> tuple[int, st
     ``sample``: tasks spread evenly over a graph of ``total`` tasks; what
     recurs in it is assumed to recur in the same proportion in the rest.
     """
-    from dedupgraph.fingerprint import FingerprintMemo, is_obviously_small
-    from dedupgraph.plan import NOTABLE_BYTES
-    from dedupgraph.transform import walk_leaves
+    from dedupgraph.core.fingerprint import FingerprintMemo, is_obviously_small
+    from dedupgraph.core.plan import NOTABLE_BYTES
+    from dedupgraph.core.transform import walk_leaves
 
     counts: dict[int, int] = {}
     objects: dict[int, Any] = {}
@@ -175,8 +177,8 @@ def _give(level: int, message: str, *args: Any) -> None:
 
 def pass_enabled() -> bool:
     """Whether any of the array, delayed and bag optimizers is a dedupgraph pass."""
-    from dedupgraph.activation import OPTIMIZER_KEYS
-    from dedupgraph.optimizer import Deduplicator
+    from dedupgraph.routes.activation import OPTIMIZER_KEYS
+    from dedupgraph.routes.config import Deduplicator
 
     return any(isinstance(dask.config.get(key, None), Deduplicator) for key in OPTIMIZER_KEYS)
 
@@ -210,9 +212,8 @@ def _scheduler_plugin() -> Any:
 
 
 def _route_on(scheduler: Scheduler) -> bool:
-    from dedupgraph.scheduler import route_on
-
-    return route_on(scheduler)
+    # by what the route's plugin says of itself: the route's module may not be imported here
+    return any(getattr(plugin, "deduplicates_graphs", False) for plugin in scheduler.plugins.values())
 
 
 def dask_setup(scheduler: Scheduler) -> None:
@@ -220,10 +221,23 @@ def dask_setup(scheduler: Scheduler) -> None:
     scheduler.add_plugin(_scheduler_plugin(), idempotent=True)
 
 
-def install() -> None:
-    """Register both observers (idempotent); called when dedupgraph is imported."""
+def watch_local_schedulers() -> None:
+    """Register the local schedulers' observer (idempotent); done when dedupgraph is imported."""
     if not any(isinstance(cb, LocalSchedulerHint) for cb in _registered()):
         LocalSchedulerHint().register()
+
+
+def install() -> None:
+    """Switch the hint on for the distributed schedulers this process starts, too (idempotent).
+
+    >>> from dedupgraph.tools import hint
+    >>> hint.install()  # doctest: +SKIP
+
+    It adds this module to ``distributed.scheduler.preload``, which importing
+    dedupgraph never does: a ``LocalCluster`` started afterwards logs the
+    hint for the graphs it receives.
+    """
+    watch_local_schedulers()
     preloads = dask.config.get("distributed.scheduler.preload", None) or []
     if isinstance(preloads, str):
         preloads = [preloads]

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dedupgraph.activation import enable
-from dedupgraph.report import Report, inspect
+from dedupgraph.routes.activation import enable
+from dedupgraph.tools.report import Report, inspect
 
 logger = logging.getLogger("dedupgraph")
 

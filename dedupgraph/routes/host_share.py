@@ -1,8 +1,8 @@
 """``share="host"``: a hoisted object's large buffers live once per host, in shared memory.
 
 >>> import numpy as np
->>> from dedupgraph.fingerprint import content_fingerprint
->>> from dedupgraph.plan import Hoist, hoisted_key
+>>> from dedupgraph.core.fingerprint import content_fingerprint
+>>> from dedupgraph.core.plan import Hoist, hoisted_key
 >>> table = np.arange(300_000.0)
 >>> fp = content_fingerprint(table)
 >>> stored, used = placement(Settings(share="host"))(Hoist(hoisted_key(fp), fp, ("a", "b"), table))
@@ -17,7 +17,7 @@ hoisted key, ``dedup-host-<Label>-<digest>``, computed by
 ``Task(None, unwrap, TaskRef(key))`` where the object was.  A worker process
 keeps the small :class:`HostShared` under the key; ``unwrap`` unpickles the
 object once per process from its pickle header and the buffers, mapped
-read-only from the segment of that content (``dedupgraph.shared_memory``).
+read-only from the segment of that content (``dedupgraph.routes.shared_memory``).
 
 What travels, and why: distributed moves a key's value between workers by
 serializing it, and the receiver keeps what it deserialized.  Between two
@@ -59,9 +59,10 @@ from dask.base import normalize_token
 from dask.sizeof import sizeof
 from dask.utils import format_bytes
 
-from dedupgraph import shared_memory
-from dedupgraph.fingerprint import pickled_parts
-from dedupgraph.plan import Hoist
+from dedupgraph.routes import shared_memory
+from dedupgraph.core.fingerprint import pickled_parts
+from dedupgraph.core.plan import Hoist
+from dedupgraph.core.rewrite import Place
 from dedupgraph.settings import Settings
 
 logger = logging.getLogger("dedupgraph")
@@ -323,10 +324,7 @@ def shared_value(hoist: Hoist, settings: Settings) -> HostShared | None:
     return shared
 
 
-Placement = Callable[[Hoist], "tuple[GraphNode, GraphNode] | None"]
-
-
-def placement(settings: Settings) -> Placement:
+def placement(settings: Settings) -> Place:
     """For ``rewrite_graph(place=...)``: (the node under the host key, the node carrying tasks get)."""
 
     def place(hoist: Hoist) -> tuple[GraphNode, GraphNode] | None:

@@ -24,8 +24,9 @@ from dask.base import unpack_collections
 from dask.core import flatten
 
 from dedupgraph.compat import MISSING_INTERNALS
-from dedupgraph.layers import annotated, layer_annotations
-from dedupgraph.optimizer import Deduplicator, planned, task_graph
+from dedupgraph.core.layers import annotated
+from dedupgraph.core.pipeline import planned
+from dedupgraph.routes.materialize import is_dataframe_like, materialize, resolve_client
 from dedupgraph.settings import Settings
 
 if TYPE_CHECKING:
@@ -70,10 +71,15 @@ def deduplicate(
             stacklevel=2,
         )
         return args
-    target = _resolve_client(client)
+    target = resolve_client(client)
     # as the collections will run: a Client's compute and persist do not fuse
     # dask-expr graphs, a local compute does
-    graph, parts = materialize(collections, fuse=target is None)
+    done = materialize(collections, fuse=target is None)
+    graph = done.graph
+    parts = [
+        _expr_part(coll, done.optimized[i]) if i in done.optimized else _legacy_part(coll, done.annotations)
+        for i, coll in enumerate(collections)
+    ]
     forms = {p.is_expr for p in parts}  # rewrite only the forms some part is rebuilt from
     rewritten = _deduplicated(graph, chosen, target, broadcast, legacy=False in forms, exprs=True in forms)
     if rewritten is None:
@@ -82,23 +88,6 @@ def deduplicate(
         return args
     rewritten.shared = _shared_keys(rewritten.for_exprs, [p.keys for p in parts if p.is_expr])
     return repack([part.rebuild(rewritten) for part in parts])
-
-
-def _resolve_client(client: Client | bool | None) -> Client | None:
-    if client is False:
-        return None
-    if client is True or client is None:
-        try:
-            from distributed import default_client
-
-            return default_client()
-        except (ImportError, ValueError):
-            if client is True:
-                raise ValueError("deduplicate(client=True) needs a default distributed Client") from None
-            return None
-    if getattr(client, "asynchronous", False):
-        raise ValueError("deduplicate needs a synchronous Client (asynchronous=False)")
-    return client
 
 
 @dataclass
@@ -130,19 +119,20 @@ def _deduplicated(
     """
     from dask._task_spec import TaskRef
 
-    from dedupgraph.rewrite import rewrite_graph
+    from dedupgraph.core.rewrite import rewrite_graph
+    from dedupgraph.routes.placing import placement_for
 
     candidates, plan = planned(graph, settings, source="deduplicate: ")
     if not plan or settings.dry_run:
         return None
     host = None
     if settings.share == "host":  # large buffers in shared memory, once per host
-        from dedupgraph import host_share as host
+        from dedupgraph.routes import host_share as host
     if client is None:
-        out = rewrite_graph(graph, plan, candidates, place=host.placement(settings) if host else None)
+        out = rewrite_graph(graph, plan, candidates, place=placement_for(settings))
         return Rewritten(out, out)
-    from dedupgraph.preload import scheduler_imports_dedupgraph
-    from dedupgraph.scatter import lost_object_task, scattered_references
+    from dedupgraph.routes.client_preload import scheduler_imports_dedupgraph
+    from dedupgraph.routes.scatter import lost_object_task, scattered_references
 
     # with share="host", qualifying objects are scattered as HostShared under their host key
     hoists = host.scattered_hoists(plan.hoists, settings) if host else plan.hoists
@@ -164,7 +154,7 @@ def _deduplicated(
     return Rewritten(holding, referring, {ref.key: ref for ref in refs.values()}, renamable=bool(lost))
 
 
-# --- materialize, then rebuild: how dask.optimize does it, one graph for all
+# --- rebuild from the one graph materialized for all, as dask.optimize does
 
 
 @dataclass(frozen=True)
@@ -174,94 +164,6 @@ class Part:
     keys: list[Hashable]
     rebuild: Callable[[Rewritten], Any]
     is_expr: bool
-
-
-def materialize(collections: list[Any], fuse: bool = True) -> tuple[Graph, list[Part]]:
-    """One optimized graph for all ``collections``, and per collection a :class:`Part` of it.
-
-    The graph is what computing them would run, before the pass: each
-    collection's own optimization (culling, fusion), the pass itself excepted.
-    ``fuse``: whether dask-expr DataFrames are fused, as a local ``compute``
-    does (a distributed Client's ``compute`` and ``persist`` do not).
-    """
-    from dask._expr import Expr
-
-    graph: dict[Hashable, Any] = {}
-    parts: list[Part] = []
-    legacy = [c for c in collections if not isinstance(getattr(c, "expr", None), Expr)]
-    annotations: dict[str, dict[Hashable, Any]] = {}
-    if legacy:
-        legacy_graph, annotations = _legacy_graph(legacy)
-        graph.update(legacy_graph)
-    for coll in collections:
-        if isinstance(getattr(coll, "expr", None), Expr):
-            # array-expr arrays have one way to optimize; DataFrames fuse or not
-            # (dask-expr ignores annotations: there are none to keep)
-            optimized = coll.expr.optimize(fuse=fuse) if _is_dataframe_like(coll) else coll.expr.optimize()
-            graph.update(optimized.__dask_graph__())
-            parts.append(_expr_part(coll, optimized))
-        else:
-            parts.append(_legacy_part(coll, annotations))
-    return task_graph(graph), parts
-
-
-def _legacy_graph(collections: list[Any]) -> tuple[Mapping[Hashable, Any], dict[str, dict[Hashable, Any]]]:
-    """Arrays, bags, delayed: their low-level optimizers, our pass excepted (we run it after).
-
-    Also the annotations that computing them would give each key.
-    """
-    from dask._expr import HLGExpr, _ExprSequence
-    from dask.delayed import Delayed
-
-    graph: dict[Hashable, Any] = {}
-    exprs = []
-    delayed_by_optimizer: dict[int, tuple[Any, list[Any]]] = {}
-    for coll in collections:
-        if isinstance(coll, Delayed):
-            optimizer = _without_pass(coll.__dask_optimize__)
-            delayed_by_optimizer.setdefault(id(optimizer), (optimizer, []))[1].append(coll)
-            continue
-        expr = HLGExpr.from_collection(coll)
-        base = _without_pass(expr.low_level_optimizer)
-        if base is not expr.low_level_optimizer:
-            expr = expr.substitute_parameters({"low_level_optimizer": base})
-        exprs.append(expr)
-    annotations: dict[str, dict[Hashable, Any]] = {}
-    for optimizer, group in delayed_by_optimizer.values():
-        graph.update(_delayed_graph(optimizer, group))
-        for value in group:
-            _merge_annotations(annotations, layer_annotations(value.__dask_graph__()))
-    if exprs:
-        # grouped by optimizer, merged and optimized together, as dask.compute does
-        optimized = _ExprSequence(*exprs).optimize()
-        graph.update(optimized.__dask_graph__())
-        _merge_annotations(annotations, optimized.__dask_annotations__())
-    return graph, annotations
-
-
-def _merge_annotations(into: dict[str, dict[Hashable, Any]], more: Mapping[str, Mapping[Hashable, Any]]) -> None:
-    for kind, values in more.items():
-        into.setdefault(kind, {}).update(values)
-
-
-def _without_pass(optimizer: Any) -> Any:
-    return optimizer.base if isinstance(optimizer, Deduplicator) else optimizer
-
-
-def _delayed_graph(optimizer: Any, group: list[Any]) -> Mapping[Hashable, Any]:
-    """Many ``Delayed`` values, merged into one flat graph before their optimizer runs.
-
-    dask keeps one graph layer per ``Delayed`` and culls every layer against
-    all requested keys: quadratic in their number (3000 values: ~1 s). One
-    layer holding them all is culled in one linear walk, to the same tasks.
-    """
-    from dask.utils import ensure_dict
-
-    merged: dict[Hashable, Any] = {}
-    for value in group:
-        merged.update(ensure_dict(value.__dask_graph__()))
-    keys = [value.key for value in group]
-    return merged if optimizer is None else ensure_dict(optimizer(merged, keys))
 
 
 def _legacy_part(coll: Any, annotations: Mapping[str, Mapping[Hashable, Any]]) -> Part:
@@ -283,7 +185,7 @@ def _expr_part(coll: Any, optimized: Any) -> Part:
     keys = list(flatten(optimized.__dask_keys__()))
     # deduplicating again must keep holding what the input held
     inherited = _held_refs(optimized)
-    if not _is_dataframe_like(coll):
+    if not is_dataframe_like(coll):
         rebuild, extra = new_collection(optimized).__dask_postpersist__()
         return Part(keys, lambda done: rebuild(_holding(done, culled(done.for_exprs, keys), inherited), *extra), True)
     meta, divisions, prefix = optimized._meta, optimized.divisions, key_split(optimized._name)
@@ -291,7 +193,7 @@ def _expr_part(coll: Any, optimized: Any) -> Part:
     def rebuild_frame(done: Rewritten) -> Any:
         layer = culled(done.for_exprs, keys)
         if done.renamable and done.shared.isdisjoint(keys):
-            from dedupgraph.frames import renamed_frame
+            from dedupgraph.routes.frames import renamed_frame
 
             token = (optimized._name, sorted(done.holds, key=str))
             return renamed_frame(layer, meta, divisions, keys, prefix, token, lambda g: _holding(done, g, inherited))
@@ -309,7 +211,7 @@ def _holding(done: Rewritten, layer: Graph, inherited: Mapping[Hashable, Any]) -
     holds = {**inherited, **done.holds}
     if not holds:
         return layer
-    from dedupgraph.scatter import HoldingLayer
+    from dedupgraph.routes.scatter import HoldingLayer
 
     used = {dep for node in layer.values() for dep in node.dependencies if dep in holds}
     return HoldingLayer(layer, refs=tuple(holds[key] for key in sorted(used, key=str)))
@@ -328,7 +230,7 @@ def _shared_keys(graph: Graph, outputs: list[list[Hashable]]) -> frozenset[Hasha
 
 def _held_refs(expr: Any) -> dict[Hashable, Any]:
     """References held by the layers of an expression built on deduplicated collections."""
-    from dedupgraph.scatter import HoldingLayer
+    from dedupgraph.routes.scatter import HoldingLayer
 
     return {
         ref.key: ref
@@ -337,14 +239,6 @@ def _held_refs(expr: Any) -> dict[Hashable, Any]:
         if isinstance(operand, HoldingLayer)
         for ref in operand.refs
     }
-
-
-def _is_dataframe_like(coll: Any) -> bool:
-    try:
-        from dask.dataframe.dask_expr._collection import FrameBase
-    except ImportError:  # dask without its dataframe extra
-        return False
-    return isinstance(coll, FrameBase)
 
 
 def culled(graph: Mapping[Hashable, GraphNode], keys: Iterable[Hashable]) -> Graph:

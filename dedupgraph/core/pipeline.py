@@ -1,0 +1,128 @@
+"""The pass, stage by stage: fingerprint the candidates, plan what to hoist, rewrite the graph.
+
+>>> from dask._task_spec import Task
+>>> from dedupgraph.settings import Settings
+>>> table = list(range(50_000))
+>>> out = deduplicate_graph({"a": Task("a", len, table), "b": Task("b", len, table)}, Settings())
+>>> sorted(k.rsplit("-", 1)[0] for k in out)
+['a', 'b', 'dedup-list']
+
+Pure graph-to-graph code: the routes (``dedupgraph.routes``) decide when it
+runs, with which settings, and where a hoisted object lives (``place``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+from dask.highlevelgraph import HighLevelGraph
+from dask.utils import ensure_dict
+
+from dedupgraph.compat import MISSING_INTERNALS
+from dedupgraph.settings import Settings
+
+if not MISSING_INTERNALS:  # without them the stages cannot even be imported: the pass is off
+    from dask._task_spec import GraphNode, convert_legacy_graph
+
+    from dedupgraph.core.candidates import Candidates, find_candidates
+    from dedupgraph.core.fingerprint import FingerprintMemo
+    from dedupgraph.core.immutability import merge_policy
+    from dedupgraph.core.layers import relayered
+    from dedupgraph.core.plan import NOTABLE_BYTES, Plan, plan_hoists
+    from dedupgraph.core.rewrite import Place, rewrite_graph
+
+logger = logging.getLogger("dedupgraph")
+
+def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings, place: Place | None = None) -> Mapping[Hashable, Any]:
+    """``dsk`` with its repeated large objects hoisted; ``dsk`` itself if nothing is.
+
+    ``place``: how a route stores a hoisted object other than as plain data
+    under its key (``share="host"``); see :func:`dedupgraph.core.rewrite.rewrite_graph`.
+
+    >>> from dask._task_spec import Task
+    >>> big = list(range(50_000))
+    >>> out = deduplicate_graph({"a": Task("a", len, big), "b": Task("b", len, big)}, Settings())
+    >>> sorted(k.rsplit("-", 1)[0] for k in out)
+    ['a', 'b', 'dedup-list']
+    """
+    graph = task_graph(dsk)
+    with _collection_paused(len(graph)):
+        out = _deduplicated(dsk, graph, settings, place)
+        if out is dsk or not isinstance(dsk, HighLevelGraph):
+            return out
+        # dask reads annotations from the layers of what an optimizer returns
+        changed = [key for key, node in graph.items() if out[key] is not node]
+        return relayered(dsk, out, changed)
+
+
+def _deduplicated(
+    dsk: Mapping[Hashable, Any], graph: dict[Hashable, GraphNode], settings: Settings, place: Place | None
+) -> Mapping[Hashable, Any]:
+    candidates, plan = planned(graph, settings)
+    if not plan or settings.dry_run:
+        return dsk
+    return rewrite_graph(graph, plan, candidates, place=place)
+
+
+def planned(graph: Mapping[Hashable, GraphNode], settings: Settings, source: str = "") -> tuple[Candidates, Plan]:
+    """Stages 1 and 2 on a graph of ``GraphNode``s, and the INFO line if anything is hoisted.
+
+    ``source`` starts the line (``"deduplicate: "``) where the pass is not the caller.
+    """
+    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    may_merge = merge_policy(settings.merge_equal)
+    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings), may_merge=may_merge)
+    plan = plan_hoists(candidates, settings)
+    if plan:
+        summary = plan.summary()
+        line = f"dry run: {summary.message(would=True)}" if settings.dry_run else summary.message()
+        logger.info("%s%s", source, line)
+    return candidates, plan
+
+
+def recorded_from(settings: Settings) -> int:
+    """The smallest content stage 1 records: ``min_bytes``, or less when DEBUG logs want it.
+
+    At DEBUG, stage 2 names every notable content it leaves inline, the ones
+    below ``min_bytes`` included; otherwise recording them would be wasted work.
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        return min(NOTABLE_BYTES, settings.min_bytes)
+    return settings.min_bytes
+
+
+# Below this many tasks the cyclic garbage collector costs the pass nothing worth avoiding.
+_PAUSE_GC_FROM_TASKS = 10_000
+
+
+@contextlib.contextmanager
+def _collection_paused(ntasks: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while the pass runs on a large graph.
+
+    The rewrite builds one node per carrying task right after dask built the
+    whole graph, whose objects still fill the young generations: automatic
+    collections then walk the graph again and again (measured: the rewrite
+    of 20,000 tasks took 0.41 s instead of 0.12 s).  The pass makes no
+    reference cycles, so nothing waits for the collector.  Concurrent passes
+    are safe: only a pass that found the collector on turns it back on.
+    """
+    if ntasks < _PAUSE_GC_FROM_TASKS or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def task_graph(dsk: Mapping[Hashable, Any]) -> dict[Hashable, GraphNode]:
+    """A plain dict of ``GraphNode``s; entries that are already nodes keep their identity."""
+    graph = ensure_dict(dsk)
+    if all(isinstance(v, GraphNode) for v in graph.values()):
+        return graph
+    return convert_legacy_graph(graph)

@@ -1,0 +1,135 @@
+"""The config route: a dask optimizer that runs dask's own, then the pass.
+
+>>> import dask, dask.array as da
+>>> import dedupgraph
+>>> with dask.config.set(array_optimize=dedupgraph.dedup):
+...     total = da.ones(10, chunks=2).map_blocks(lambda b, t: b + len(t), list(range(40_000))).sum()
+...     int(total.compute())
+400010
+
+``dedup``, ``dedup_delayed`` and ``dedup_bag`` run dask's own optimization of
+their collection first (culling, fusion) and deduplicate its output.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import dask
+
+from dedupgraph.compat import MISSING_INTERNALS
+from dedupgraph.core.pipeline import deduplicate_graph
+from dedupgraph.routes.placing import placement_for
+from dedupgraph.settings import Settings
+
+logger = logging.getLogger("dedupgraph")
+
+Optimizer = Callable[..., Mapping[Hashable, Any]]
+
+
+class Deduplicator:
+    """A dask optimizer: runs ``base``, then hoists repeated large objects into shared keys.
+
+    >>> import dask
+    >>> from dask.array.optimization import optimize
+    >>> opt = Deduplicator(base=optimize, min_bytes="1 MiB")
+    >>> opt
+    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5)
+    >>> with dask.config.set(array_optimize=opt):
+    ...     pass
+
+    Without explicit settings it reads ``dask.config["dedupgraph"]`` when it runs,
+    and when pickled (as distributed does, to run it on the scheduler) it carries
+    the settings in force in the pickling process with it.
+    """
+
+    def __init__(self, base: Optimizer | None = None, **settings: Any) -> None:
+        if base is not None and not callable(base):
+            raise ValueError(f"Deduplicator argument 'base' must be callable or None, got {base!r}")
+        self.base = base
+        self.settings: Settings | None = Settings.from_config(**settings) if settings else None
+
+    @classmethod
+    def _with_settings(cls, base: Optimizer | None, settings: Settings) -> Deduplicator:
+        new = cls(base)
+        new.settings = settings
+        return new
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Deduplicator._with_settings, (self.base, self.effective_settings()))
+
+    def effective_settings(self) -> Settings:
+        """The settings a call would use now."""
+        return self.settings if self.settings is not None else Settings.from_config()
+
+    def __call__(self, dsk: Mapping[Hashable, Any], keys: Any, **kwargs: Any) -> Mapping[Hashable, Any]:
+        settings = self.effective_settings()
+        if self.base is not None:
+            dsk = self.base(dsk, keys, **kwargs)
+        if MISSING_INTERNALS:
+            _warn_unsupported()
+            return dsk
+        try:
+            return deduplicate_graph(dsk, settings, place=placement_for(settings))
+        except Exception:
+            # the promise: never fail a computation that would succeed without us
+            logger.warning("dedupgraph pass failed; graph left unchanged", exc_info=True)
+            return dsk
+
+    def __repr__(self) -> str:
+        base = getattr(self.base, "__name__", repr(self.base)).lstrip("_")
+        if self.settings is None:
+            return f"Deduplicator(base={base})"
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self.settings).items())
+        return f"Deduplicator(base={base}, {fields})"
+
+
+def known_optimizer(optimizer: Any) -> bool:
+    """Whether ``optimizer`` adds no large values: dask's own, or one of these passes over one.
+
+    >>> known_optimizer(dedup), known_optimizer(print)
+    (True, False)
+    """
+    from dedupgraph.core.prescan import dask_optimizer
+
+    if isinstance(optimizer, Deduplicator):  # the config route: neutralized before materializing
+        optimizer = optimizer.base
+    return dask_optimizer(optimizer) or optimizer in (_array_optimize, _delayed_optimize, _bag_optimize)
+
+
+def _warn_unsupported() -> None:
+    # a warning from one line shows once per process under Python's default filters
+    warnings.warn(
+        f"dedupgraph is switched off: dask {dask.__version__} lacks "
+        f"{', '.join(MISSING_INTERNALS)}, which the pass is built on. Graphs run "
+        "unchanged. Install a dask release that pyproject.toml of dedupgraph supports.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _array_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    from dask.array.optimization import optimize
+
+    return optimize(dsk, keys, **kwargs)
+
+
+def _delayed_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    from dask.delayed import optimize
+
+    return optimize(dsk, keys, **kwargs)
+
+
+def _bag_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    from dask.bag.core import optimize
+
+    return optimize(dsk, keys, **kwargs)
+
+
+# module-level functions as bases, so these pickle by reference and import lazily
+dedup = Deduplicator(base=_array_optimize)
+dedup_delayed = Deduplicator(base=_delayed_optimize)
+dedup_bag = Deduplicator(base=_bag_optimize)

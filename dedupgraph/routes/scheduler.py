@@ -1,0 +1,229 @@
+"""Scheduler preload: deduplicate every graph this scheduler receives, whatever built it.
+
+    dask scheduler --preload dedupgraph.scheduler
+    # or distributed.scheduler.preload: [dedupgraph.scheduler] in the scheduler's config,
+    # or DASK_DEDUPGRAPH__ENABLED=True in the scheduler's environment (the startup hook adds it),
+    # or dedupgraph.enable() in a process, then LocalCluster() there
+
+>>> import asyncio
+>>> from distributed import Scheduler
+>>> async def main():
+...     async with Scheduler(dashboard_address=":0", preload=[PRELOAD]) as s:
+...         return route_on(s)
+>>> asyncio.run(main())
+True
+
+Every collection ends up as tasks in one place: ``Scheduler.update_graph``
+materializes the submitted expression (dask-expr DataFrames and array-expr
+arrays lowered, legacy arrays, delayed values and bags optimized, graphs of
+``client.map`` and ``client.submit`` built).  The route steps in right
+there, in the thread where distributed already materializes, before any task
+state exists (see ``dedupgraph.routes.interception`` for the point and its check,
+``dedupgraph.routes.scheduler_route`` for what happens to each graph).  A client with
+dedupgraph sends its settings with each graph (``dedupgraph.preload``);
+otherwise this scheduler's ``dask.config`` applies.
+
+If this distributed lacks the interception point, or it changed shape, the
+route stays off with one WARNING, graphs run unchanged, and the scheduler
+keeps the once-per-process hint instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from dedupgraph.routes.interception import (
+    Materialize,
+    hold_materialize,
+    interception_problem,
+    release_materialize,
+    wrap_update_graph,
+)
+from dedupgraph.routes.scheduler_route import Route, Submission
+from dedupgraph.routes.wire import FIELD
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+logger = logging.getLogger("dedupgraph")
+
+PRELOAD = "dedupgraph.scheduler"
+PLUGIN = "dedupgraph-route"
+
+_warned = False
+_warned_lock = threading.Lock()
+
+
+def dask_setup(scheduler: Scheduler) -> None:
+    """Run by distributed when this module is a scheduler preload."""
+    install(scheduler)
+
+
+def dask_teardown(scheduler: Scheduler) -> None:
+    uninstall(scheduler)
+
+
+class _RoutePlugin(SchedulerPlugin):
+    """Holds one scheduler's route, and takes it out when the scheduler closes."""
+
+    name = PLUGIN
+    deduplicates_graphs = True  #: what the hint looks for (see ``dedupgraph.tools.hint``)
+
+    def __init__(self, route: Route, undo: Any) -> None:
+        self.route = route
+        self._undo = undo
+
+    def undo(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
+
+    async def close(self) -> None:
+        self.undo()
+
+
+def install(scheduler: Scheduler) -> bool:
+    """Switch the route on for ``scheduler`` (idempotent); False, with one WARNING, if it cannot be.
+
+    Never raises: a preload that fails stops the scheduler from starting.
+    """
+    if route_on(scheduler):
+        return True
+    problem = interception_problem()
+    if problem is None and not inspect.iscoroutinefunction(getattr(scheduler, "stream_handlers", {}).get("update-graph")):
+        problem = "this scheduler has no update-graph coroutine handler"
+    if problem is None:
+        try:
+            _install(scheduler)
+            return True
+        except Exception as e:  # noqa: BLE001  (reported; the scheduler must start)
+            problem = f"installing it failed ({type(e).__name__}: {e})"
+    _warn_once(problem)
+    try:
+        observe(scheduler)
+    except Exception:  # the hint is a nicety: never in the way either
+        logger.debug("dedupgraph: the hint could not be installed", exc_info=True)
+    return False
+
+
+def _install(scheduler: Scheduler) -> None:
+    route = Route()
+
+    def on_submission(message: dict[str, Any]) -> Any:
+        client_settings = message.pop(FIELD, None)  # distributed must never see it
+        try:
+            annotations = message.get("annotations")
+            priorities = message.get("internal_priority")
+            ordering = None
+            if not priorities:  # distributed orders the graph: the route may do it instead
+                ordering = message["internal_priority"] = {}
+            submission = Submission(
+                client_settings=client_settings,
+                annotations=annotations if isinstance(annotations, dict) else None,
+                priorities=priorities if isinstance(priorities, dict) and priorities else None,
+                live=scheduler.tasks.__contains__,
+                ordering=ordering,
+            )
+        except Exception:
+            logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
+            return None
+        return functools.partial(_materialize, route, submission)
+
+    hold_materialize()
+    unwrap = wrap_update_graph(scheduler, on_submission)
+
+    def undo() -> None:
+        unwrap()
+        release_materialize()
+
+    try:
+        scheduler.add_plugin(_RoutePlugin(route, undo), idempotent=True)
+    except Exception:
+        undo()
+        raise
+    show_in_server_log()
+    logger.info("dedupgraph: scheduler route on: every graph this scheduler receives is deduplicated")
+
+
+def _materialize(route: Route, submission: Submission, original: Materialize, expr: Any, validate: bool) -> Any:
+    return route.materialize(original, expr, validate, submission)
+
+
+def uninstall(scheduler: Scheduler) -> None:
+    """Switch the route off for ``scheduler``: graphs are materialized as distributed does."""
+    plugin = scheduler.plugins.get(PLUGIN)
+    if isinstance(plugin, _RoutePlugin):
+        plugin.undo()
+        scheduler.remove_plugin(PLUGIN)
+
+
+def route_on(scheduler: Scheduler) -> bool:
+    """Whether ``scheduler`` deduplicates the graphs it receives."""
+    return isinstance(scheduler.plugins.get(PLUGIN), _RoutePlugin)
+
+
+def observe(scheduler: Scheduler) -> None:
+    """The once-per-process hint for this scheduler's graphs, from any client (route off)."""
+    from dedupgraph.tools import hint
+
+    show_in_server_log()
+    hint.dask_setup(scheduler)
+
+
+def show_in_server_log() -> None:
+    """In a ``dask scheduler`` process, log dedupgraph's INFO lines where distributed logs its own.
+
+    There distributed gives its own loggers a handler and the INFO level, and
+    the hint and the route's lines are meant for that log.  Only if nobody
+    configured the ``dedupgraph`` logger (``DASK_LOGGING__DEDUPGRAPH``,
+    handlers): in any other process (a notebook with a ``LocalCluster``)
+    dedupgraph logs nothing unless asked to, as everywhere.
+    """
+    if "distributed.cli.dask_scheduler" not in sys.modules:
+        return
+    ours, theirs = logging.getLogger("dedupgraph"), logging.getLogger("distributed")
+    if ours.handlers or ours.level != logging.NOTSET or not theirs.handlers:
+        return
+    ours.setLevel(logging.INFO)
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    ours.propagate = False  # as distributed's own loggers: no second copy through the root
+
+
+def status(scheduler: Scheduler) -> dict[str, Any]:
+    """What ``dedupgraph info --scheduler`` and a client's preload learn about ``scheduler``."""
+    from dedupgraph.version import __version__
+    from dedupgraph.settings import Settings
+
+    on = route_on(scheduler)
+    try:
+        settings: Any = Settings.from_config().as_config()
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    except ValueError as e:
+        settings = f"invalid: {e}"
+    return {
+        "version": __version__,
+        "route": on,
+        "problem": None if on else interception_problem() or "the route is not switched on for this scheduler",
+        "settings": settings,
+    }
+
+
+def _warn_once(problem: str) -> None:
+    global _warned
+    with _warned_lock:
+        if _warned:
+            return
+        _warned = True
+    logger.warning(
+        "dedupgraph: the scheduler route stays off, graphs run unchanged: %s. "
+        "Install a distributed release that dedupgraph supports (see pyproject.toml).",
+        problem,
+    )
