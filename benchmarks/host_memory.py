@@ -22,8 +22,10 @@ sampled every ``SAMPLE_S`` by a process of its own (``pss_sampler``), outside
 the workers, while they compute.  "Copies" is (peak - idle) / the object's
 buffer bytes; "held" is the same after the persist, while its results (and a
 scattered object) are held.  Wall times come from a second phase: on one
-cluster, every mode persists then computes a new collection in turn,
-``--rounds`` times; the medians are reported.
+cluster, every mode persists then computes a new collection in turn (every
+other round in reverse order), ``--rounds`` times, each timing once the
+previous collection is released and garbage collected; the medians are
+reported, and every round's time.
 Segments live in a fresh directory on ``/dev/shm`` (``DEDUPGRAPH_SHM_DIR``),
 so other programs' files do not count, and each cell checks that none is
 left once its cluster closed.
@@ -35,6 +37,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import gc
 import logging
 import os
 import shutil
@@ -107,6 +110,8 @@ class Timing:
     persist_s: float
     compute_s: float
     rounds: int
+    persist_runs: tuple[float, ...] = ()  #: every round's time, in order
+    compute_runs: tuple[float, ...] = ()
 
 
 # --- measuring host memory from outside the workers
@@ -235,24 +240,50 @@ def measure(mode: str, workers: int, model: Model, tasks: int, seconds: float) -
 def timings(modes: Sequence[str], workers: int, model: Model, tasks: int, seconds: float, rounds: int) -> list[Timing]:
     """Persist, then compute, each of a new collection, every mode in turn, ``rounds`` times, on one cluster.
 
-    Interleaved, so that whatever else the machine does weighs on every mode alike.
+    Interleaved, so that whatever else the machine does weighs on every mode
+    alike; every other round in reverse order, so that no mode always follows
+    the same one.  Before each timing the previous collection is gone from the
+    scheduler and garbage is collected everywhere.
     """
     persist: dict[str, list[float]] = {m: [] for m in modes}
     compute: dict[str, list[float]] = {m: [] for m in modes}
     with segment_directory(), cluster(workers) as client:
         client.run(_warm_up)
-        for _ in range(rounds):
-            for mode in modes:
-                time.sleep(SETTLE_S)  # the previous mode's keys released
+        for round_ in range(rounds):
+            for mode in modes if round_ % 2 == 0 else modes[::-1]:
+                _settled(client)
                 persisted, coll, persist_s = _persisted(mode, model, tasks, seconds, client)
                 persist[mode].append(persist_s)
                 del persisted, coll
-                time.sleep(SETTLE_S)
+                _settled(client)
                 start = time.perf_counter()
                 with switched(mode):
                     client.compute(collection(mode, model, tasks, seconds, client)).result()
                 compute[mode].append(time.perf_counter() - start)
-    return [Timing(m, workers, statistics.median(persist[m]), statistics.median(compute[m]), rounds) for m in modes]
+    return [
+        Timing(
+            m, workers, statistics.median(persist[m]), statistics.median(compute[m]), rounds,
+            tuple(round(t, 3) for t in persist[m]), tuple(round(t, 3) for t in compute[m]),
+        )
+        for m in modes
+    ]
+
+
+def _settled(client: Client, timeout: float = 30.0) -> None:
+    """Wait until the scheduler holds no task (the previous collection released), then collect garbage.
+
+    The same keys come back in the next timing: a result still held would be reused.
+    """
+    deadline = time.monotonic() + max(timeout, SETTLE_S)
+    time.sleep(SETTLE_S)
+    while client.run_on_scheduler(_task_count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.run(gc.collect)
+    gc.collect()
+
+
+def _task_count(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
 
 
 def _persisted(mode: str, model: Model, tasks: int, seconds: float, client: Client) -> tuple[Any, Any, float]:
@@ -299,8 +330,15 @@ def run(
         raise AssertionError(f"modes disagree on the result: {results}")
     times = timings(modes, workers, model, tasks, seconds, rounds) if rounds else []
     for t in times:
-        progress(f"{t.mode:18} {t.workers} workers: persist {t.persist_s:5.2f} s, compute {t.compute_s:5.2f} s (medians of {t.rounds})")
+        progress(
+            f"{t.mode:18} {t.workers} workers: persist {t.persist_s:5.2f} s, compute {t.compute_s:5.2f} s "
+            f"(medians of {t.rounds}; persist {_seconds(t.persist_runs)}, compute {_seconds(t.compute_runs)})"
+        )
     return rows, times
+
+
+def _seconds(runs: Sequence[float]) -> str:
+    return " ".join(f"{t:.2f}" for t in runs)
 
 
 def line(r: Row) -> str:
@@ -324,10 +362,13 @@ def markdown(rows: Sequence[Row], times: Sequence[Timing], workers: int) -> str:
             "",
             f"Wall time, medians of {times[0].rounds} rounds, every mode in turn on one cluster of {times[0].workers} workers:",
             "",
-            "| mode | persist (s) | compute (s) |",
-            "|---|---|---|",
+            "| mode | persist (s) | compute (s) | every persist (s) | every compute (s) |",
+            "|---|---|---|---|---|",
         ]
-        lines += [f"| {t.mode} | {t.persist_s:.2f} | {t.compute_s:.2f} |" for t in times]
+        lines += [
+            f"| {t.mode} | {t.persist_s:.2f} | {t.compute_s:.2f} | {_seconds(t.persist_runs)} | {_seconds(t.compute_runs)} |"
+            for t in times
+        ]
     counts = sorted({r.workers for r in rows})
     if len(counts) > 1:
         modes = list(dict.fromkeys(r.mode for r in rows if r.workers != workers))
@@ -389,7 +430,7 @@ class Part:
     sweep_modes: tuple[str, ...] = SWEEP_MODES
     tasks: int = 16
     task_seconds: float = 0.3
-    rounds: int = 3
+    rounds: int = 5
 
     def run(self, out: Path, progress: Any) -> str:
         """Measure, write the files into ``out``, and return the markdown section."""
@@ -408,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--task-seconds", type=float, default=0.3)
     parser.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (persist and compute of every mode); 0: none")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (persist and compute of every mode); 0: none")
     parser.add_argument("--quick", action="store_true", help="50 MB, sweep 1 2 4")
     parser.add_argument("--output", type=Path, default=Path("results"))
     args = parser.parse_args(argv)

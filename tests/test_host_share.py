@@ -177,6 +177,13 @@ def test_arrays_bags_and_local_schedulers_give_plain_results(client, shm):
             assert got[1] == plain[1]
         # in this process the tasks get the object itself, as with share="process"
         assert dask.compute(*[delayed(lambda i, t: t is table)(i, table) for i in range(2)], scheduler="threads") == (True, True)
+    # deduplicate's route: the object scattered, the same results
+    deduped = dedupgraph.deduplicate(blocks, bag, client=client, share="host")
+    assert any(str(k).startswith("dedup-host-Table-") for k in dict(deduped[0].dask))
+    got = dask.compute(*deduped)
+    np.testing.assert_array_equal(got[0], plain[0])
+    assert got[1] == plain[1]
+    del deduped, got
     assert eventually_empty(shm) == []
 
 
