@@ -3,9 +3,9 @@
 >>> from dask._task_spec import Task
 >>> from dedupgraph.settings import Settings
 >>> table = list(range(50_000))
->>> out = deduplicate_graph({"a": Task("a", len, table), "b": Task("b", len, table)}, Settings())
->>> sorted(k.rsplit("-", 1)[0] for k in out)
-['a', 'b', 'dedup-list']
+>>> candidates, plan = planned({"a": Task("a", len, table), "b": Task("b", len, table)}, Settings())
+>>> [(hoist.key.rsplit("-", 1)[0], sorted(hoist.tasks)) for hoist in plan.hoists.values()]
+[('dedup-list', ['a', 'b'])]
 
 Pure graph-to-graph code: the routes (``dedupgraph.routes``) decide when it
 runs, with which settings, and where a hoisted object lives (``place``).

@@ -51,12 +51,13 @@ class _Large(Exception):
     """Something as large as ``min-bytes``, or not known to be small: the pass must look."""
 
 
-# dask's own low-level optimizers: culling and fusion build new tasks, never new large values
-DASK_OPTIMIZERS = frozenset({
-    ("dask.array.optimization", "optimize"),
-    ("dask.bag.core", "optimize"),
-    ("dask.delayed", "optimize"),
-})
+#: dask's own low-level optimizer of each collection, as (module, name): culling
+#: and fusion build new tasks from the values in a graph, never new large values
+DASK_OPTIMIZERS = {
+    "array": ("dask.array.optimization", "optimize"),
+    "delayed": ("dask.delayed", "optimize"),
+    "bag": ("dask.bag.core", "optimize"),
+}
 
 
 def dask_optimizer(optimizer: Any) -> bool:
@@ -68,7 +69,7 @@ def dask_optimizer(optimizer: Any) -> bool:
     """
     if optimizer is None:
         return True
-    return (getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")) in DASK_OPTIMIZERS
+    return (getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")) in DASK_OPTIMIZERS.values()
 
 
 def nothing_large(expr: Any, settings: Settings, known: Callable[[Any], bool] = dask_optimizer) -> bool:

@@ -79,14 +79,6 @@ def _tell_once(client: Client) -> None:
         )
 
 
-# dask's own optimizer for each key, as "module:attribute"
-_DASK_OPTIMIZERS = {
-    "array_optimize": "dask.array.optimization:optimize",
-    "delayed_optimize": "dask.delayed:optimize",
-    "bag_optimize": "dask.bag.core:optimize",
-}
-
-
 def switch_off() -> None:
     """Like ``dedupgraph.disable()``, but with nothing of dedupgraph left in the config.
 
@@ -95,11 +87,13 @@ def switch_off() -> None:
     unpickle a graph that carries them.  Here each key gets dask's own
     optimizer instead.
     """
+    from dedupgraph.core.prescan import DASK_OPTIMIZERS
+
     restored = {}
     for key in OPTIMIZER_KEYS:
         current = dask.config.get(key, None)
         if isinstance(current, Deduplicator) or getattr(current, "__module__", "").startswith("dedupgraph"):
-            module, name = _DASK_OPTIMIZERS[key].split(":")
+            module, name = DASK_OPTIMIZERS[key.removesuffix("_optimize")]
             restored[key] = getattr(importlib.import_module(module), name)
     dask.config.set(restored)
 

@@ -120,7 +120,6 @@ def _deduplicated(
     from dask._task_spec import TaskRef
 
     from dedupgraph.core.rewrite import rewrite_graph
-    from dedupgraph.routes.placing import placement_for
 
     candidates, plan = planned(graph, settings, source="deduplicate: ")
     if not plan or settings.dry_run:
@@ -129,7 +128,7 @@ def _deduplicated(
     if settings.share == "host":  # large buffers in shared memory, once per host
         from dedupgraph.routes import host_share as host
     if client is None:
-        out = rewrite_graph(graph, plan, candidates, place=placement_for(settings))
+        out = rewrite_graph(graph, plan, candidates, place=host.placement(settings) if host else None)
         return Rewritten(out, out)
     from dedupgraph.routes.client_preload import scheduler_imports_dedupgraph
     from dedupgraph.routes.scatter import lost_object_task, scattered_references
