@@ -172,11 +172,15 @@ class Deduplicator:
 
     def __call__(self, dsk: Mapping[Hashable, Any], keys: Any, **kwargs: Any) -> Mapping[Hashable, Any]:
         settings = self.effective_settings()
-        if self.base is not None:
-            dsk = self.base(dsk, keys, **kwargs)
         if MISSING_INTERNALS:
             _warn_unsupported()
-            return dsk
+            return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
+        if _nothing_large_before(self.base, dsk, settings):
+            # the layers hold nothing the pass could hoist, and dask's own optimizers
+            # make no new large values: no walk over the optimized tasks
+            return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
+        if self.base is not None:
+            dsk = self.base(dsk, keys, **kwargs)
         try:
             return deduplicate_graph(dsk, settings)
         except Exception:
@@ -190,6 +194,26 @@ class Deduplicator:
             return f"Deduplicator(base={base})"
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self.settings).items())
         return f"Deduplicator(base={base}, {fields})"
+
+
+def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], settings: Settings) -> bool:
+    """Whether ``dsk``'s layers, before ``base`` (one of dask's own optimizers) runs, show nothing to hoist.
+
+    Reading the layers of a ``HighLevelGraph`` is cheaper than walking the
+    optimized tasks (``dedupgraph.prescan``): in a ``Blockwise`` layer each
+    literal argument appears once, not once per block.  Only a shortcut:
+    any doubt (another optimizer, a plain dict, a layer type not known
+    there, an error) answers False and the pass walks as usual.
+    """
+    if not isinstance(dsk, HighLevelGraph) or logger.isEnabledFor(logging.DEBUG):
+        return False  # at DEBUG the pass names the notable values it leaves inline: it must see them
+    try:
+        from dedupgraph.prescan import _known_optimizer, layers_hold_nothing_large
+
+        return _known_optimizer(base) and layers_hold_nothing_large(dsk, settings)
+    except Exception:
+        logger.debug("dedupgraph: reading the layers failed; the pass walks the graph", exc_info=True)
+        return False
 
 
 def _warn_unsupported() -> None:
