@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -220,3 +221,41 @@ def test_tasks_that_do_not_change_keep_identity():
     out = deduplicate_graph(graph, Settings())
     assert out[c.key] is graph[c.key]
     assert out[a.key] is not graph[a.key]
+
+
+def test_a_graph_whose_layers_hold_nothing_large_is_not_walked(monkeypatch):
+    import dask.array as da
+    from dask.array.optimization import optimize
+
+    import dedupgraph.core.pipeline as pipeline
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the pass walked a graph whose layers hold nothing large")
+
+    def small() -> Any:
+        return (da.ones((40, 4), chunks=(1, 4)).map_blocks(np.add, 3) + 1).sum()
+
+    monkeypatch.setattr(pipeline, "find_candidates", must_not_run)
+    x, fresh = small(), small()
+    out = dedupgraph.dedup(x.__dask_graph__(), x.__dask_keys__())
+    plain = optimize(fresh.__dask_graph__(), fresh.__dask_keys__())
+    assert out.keys() == plain.keys()
+    assert all(out[key].dependencies == plain[key].dependencies for key in plain)
+
+
+def test_the_layers_are_not_trusted_after_another_optimizer():
+    import dask.array as da
+    from dask._task_spec import Task, TaskRef
+    from dask.array.optimization import optimize
+
+    from dedupgraph.routes.config import Deduplicator
+
+    m = Mapper()
+
+    def adds_large_values(dsk, keys, **kwargs):  # a user's optimizer may put large values in tasks
+        out = dict(optimize(dsk, keys, **kwargs))
+        return {**out, **{(key, "m"): Task((key, "m"), uses_mapper, TaskRef(key), m) for key in out}}
+
+    x = da.ones((8, 4), chunks=(1, 4)) + 1
+    out = Deduplicator(base=adds_large_values)(x.__dask_graph__(), x.__dask_keys__())
+    assert len(hoisted_keys(out)) == 1

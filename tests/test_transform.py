@@ -221,3 +221,47 @@ def test_walker_and_transformer_see_the_same_leaves():
             recorder = _Recorder()
             assert recorder.visit_node(node) is node
             assert sorted(walked) == sorted(recorder.seen)
+
+
+def test_a_walk_that_remembers_shared_inner_graphs_sees_what_the_plain_walk_sees():
+    from dedupgraph.core.transform import walk_leaves
+
+    small = (1, 2)
+    shared_inner = {
+        "inner-out": Task("inner-out", BIG, TaskRef("__in0"), [3, BIG], k=Task(None, max, TaskRef("__in0"), BIG)),
+        "lit": DataNode("lit", BIG),
+        "other": DataNode("other", small),
+    }
+    graph = {
+        **{
+            ("f", i): Task(("f", i), _execute_subgraph, shared_inner, "inner-out", ("__in0",), DataNode("__in0", BIG), [i, BIG])
+            for i in range(3)
+        },
+        "g": Task("g", _execute_subgraph, dict(shared_inner), "inner-out", ("__in0",), DataNode("__in0", 4)),
+        **{("h", i): Task(("h", i), max, i, Task(None, min, BIG, i)) for i in range(2)},
+    }
+    graph = {**graph, **_graphs_flat()}  # and the fused tasks dask's optimizations make
+
+    def walk(subgraphs: dict | None) -> list[tuple[int, str]]:
+        seen: list[tuple[int, str]] = []
+        skip: set[int] = set()
+
+        def visit(value: Any, where: str) -> None:
+            seen.append((id(value), where))
+            if value is not BIG:  # as stage 1 does: what is judged small is skipped from then on
+                skip.add(id(value))
+
+        for node in graph.values():
+            walk_leaves(node, visit, skip, subgraphs)
+        return seen
+
+    remembered: dict = {}
+    assert walk(remembered) == walk(None)
+    assert id(shared_inner) in remembered  # walked once for the three tasks that hold it
+
+
+def _graphs_flat() -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for index, graph in enumerate(_graphs()):
+        out.update({(index, key): node for key, node in graph.items()})
+    return out

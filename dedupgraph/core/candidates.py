@@ -23,7 +23,7 @@ from typing import Any
 from dask._task_spec import GraphNode
 
 from dedupgraph.core.fingerprint import SMALL, Fingerprint, FingerprintMemo
-from dedupgraph.core.transform import walk_leaves
+from dedupgraph.core.transform import SubgraphLeaves, walk_leaves
 
 Key = Hashable
 
@@ -163,8 +163,10 @@ def find_candidates(
         else:
             seen[2].add(where)
 
+    # fused tasks of one layer share their inner graph: walked once (see walk_leaves)
+    subgraphs: SubgraphLeaves = {}
     for key, node in graph.items():
-        walk_leaves(node, record, judged)
+        walk_leaves(node, record, judged, subgraphs)
         if not found and not found_inline:
             continue
         for group, (fp, value, where) in found.items():

@@ -50,7 +50,7 @@ def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings, place: Pl
     ['a', 'b', 'dedup-list']
     """
     graph = task_graph(dsk)
-    with _collection_paused(len(graph)):
+    with collection_paused(len(graph)):
         out = _deduplicated(dsk, graph, settings, place)
         if out is dsk or not isinstance(dsk, HighLevelGraph):
             return out
@@ -100,7 +100,7 @@ _PAUSE_GC_FROM_TASKS = 10_000
 
 
 @contextlib.contextmanager
-def _collection_paused(ntasks: int) -> Iterator[None]:
+def collection_paused(ntasks: int) -> Iterator[None]:
     """Pause the cyclic garbage collector while the pass runs on a large graph.
 
     The rewrite builds one node per carrying task right after dask built the

@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import dask
+from dask.highlevelgraph import HighLevelGraph
 
 from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.core.pipeline import deduplicate_graph
@@ -67,11 +68,15 @@ class Deduplicator:
 
     def __call__(self, dsk: Mapping[Hashable, Any], keys: Any, **kwargs: Any) -> Mapping[Hashable, Any]:
         settings = self.effective_settings()
-        if self.base is not None:
-            dsk = self.base(dsk, keys, **kwargs)
         if MISSING_INTERNALS:
             _warn_unsupported()
-            return dsk
+            return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
+        if _nothing_large_before(self.base, dsk, settings):
+            # the layers hold nothing the pass could hoist, and dask's own optimizers
+            # make no new large values: no walk over the optimized tasks
+            return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
+        if self.base is not None:
+            dsk = self.base(dsk, keys, **kwargs)
         try:
             return deduplicate_graph(dsk, settings, place=placement_for(settings))
         except Exception:
@@ -98,6 +103,26 @@ def known_optimizer(optimizer: Any) -> bool:
     if isinstance(optimizer, Deduplicator):  # the config route: neutralized before materializing
         optimizer = optimizer.base
     return dask_optimizer(optimizer) or optimizer in (_array_optimize, _delayed_optimize, _bag_optimize)
+
+
+def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], settings: Settings) -> bool:
+    """Whether ``dsk``'s layers, before ``base`` (one of dask's own optimizers) runs, show nothing to hoist.
+
+    Reading the layers of a ``HighLevelGraph`` is cheaper than walking the
+    optimized tasks (``dedupgraph.core.prescan``): in a ``Blockwise`` layer
+    each literal argument appears once, not once per block.  Only a shortcut:
+    any doubt (another optimizer, a plain dict, a layer type not known
+    there, an error) answers False and the pass walks as usual.
+    """
+    if not isinstance(dsk, HighLevelGraph) or logger.isEnabledFor(logging.DEBUG):
+        return False  # at DEBUG the pass names the notable values it leaves inline: it must see them
+    try:
+        from dedupgraph.core.prescan import layers_hold_nothing_large
+
+        return (base is None or known_optimizer(base)) and layers_hold_nothing_large(dsk, settings)
+    except Exception:
+        logger.debug("dedupgraph: reading the layers failed; the pass walks the graph", exc_info=True)
+        return False
 
 
 def _warn_unsupported() -> None:
