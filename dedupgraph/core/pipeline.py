@@ -77,11 +77,16 @@ def planned(graph: Mapping[Hashable, GraphNode], settings: Settings, source: str
     may_merge = merge_policy(settings.merge_equal)
     candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings), may_merge=may_merge)
     plan = plan_hoists(candidates, settings)
+    announce(plan, settings, source)
+    return candidates, plan
+
+
+def announce(plan: Plan, settings: Settings, source: str = "") -> None:
+    """The pass's INFO line for ``plan``, if it hoists anything."""
     if plan:
         summary = plan.summary()
         line = f"dry run: {summary.message(would=True)}" if settings.dry_run else summary.message()
         logger.info("%s%s", source, line)
-    return candidates, plan
 
 
 def recorded_from(settings: Settings) -> int:

@@ -22,7 +22,7 @@ import dask
 from dask.highlevelgraph import HighLevelGraph
 
 from dedupgraph.compat import MISSING_INTERNALS
-from dedupgraph.core.pipeline import deduplicate_graph
+from dedupgraph.core.pipeline import announce, deduplicate_graph
 from dedupgraph.routes.placing import placement_for
 from dedupgraph.settings import Settings
 
@@ -71,6 +71,9 @@ class Deduplicator:
         if MISSING_INTERNALS:
             _warn_unsupported()
             return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
+        out = _optimized_hoisted_in_layers(self.base, dsk, keys, kwargs, settings)
+        if out is not None:
+            return out
         if _nothing_large_before(self.base, dsk, settings):
             # the layers hold nothing the pass could hoist, and dask's own optimizers
             # make no new large values: no walk over the optimized tasks
@@ -123,6 +126,48 @@ def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], s
     except Exception:
         logger.debug("dedupgraph: reading the layers failed; the pass walks the graph", exc_info=True)
         return False
+
+
+def _optimized_hoisted_in_layers(
+    base: Optimizer | None, dsk: Mapping[Hashable, Any], keys: Any, kwargs: dict[str, Any], settings: Settings
+) -> Mapping[Hashable, Any] | None:
+    """``base``'s output for ``dsk`` with its blockwise broadcast arguments hoisted first, or None.
+
+    Cheaper than the pass after optimizing, which rebuilds one task per
+    block (``dedupgraph.core.blockwise_hoist``), and the same keys. Only
+    before dask's own array optimizer, whose fusion that module knows; not
+    for dry runs, other placements (``share="host"``) or DEBUG logs (which
+    name what the pass leaves inline): the pass does those.
+    """
+    if not _array_optimizer(base) or not isinstance(dsk, HighLevelGraph):
+        return None
+    if settings.dry_run or logger.isEnabledFor(logging.DEBUG) or placement_for(settings) is not None:
+        return None
+    from dedupgraph.core.blockwise_hoist import fused_as_plain, hoisted_in_layers
+
+    try:
+        hoisted = hoisted_in_layers(dsk, keys, settings)
+    except Exception:
+        logger.debug("dedupgraph: hoisting in the layers failed; the pass walks the graph", exc_info=True)
+        return None
+    if hoisted is None:
+        return None
+    try:
+        out = base(hoisted.graph, keys, **kwargs)
+    except Exception:
+        logger.debug("dedupgraph: dask's optimizer failed on the hoisted layers; the pass walks the graph", exc_info=True)
+        return None
+    if not fused_as_plain(out, hoisted.plan, settings.min_count):
+        return None  # culled below min-count, or fused otherwise: the pass on plain dask's output decides
+    announce(hoisted.plan, settings)
+    return out
+
+
+def _array_optimizer(base: Optimizer | None) -> bool:
+    from dedupgraph.core.prescan import DASK_OPTIMIZERS
+
+    name = (getattr(base, "__module__", ""), getattr(base, "__name__", ""))
+    return base is _array_optimize or name == DASK_OPTIMIZERS["array"]
 
 
 def _warn_unsupported() -> None:

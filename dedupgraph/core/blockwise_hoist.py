@@ -1,0 +1,209 @@
+"""Hoist before materializing: the broadcast arguments of ``Blockwise`` layers, where each appears once.
+
+>>> import dask.array as da
+>>> import pandas as pd
+>>> from dedupgraph.settings import Settings
+>>> table = pd.Series(range(50_000))
+>>> x = da.ones((8, 4), chunks=(1, 4)).map_blocks(lambda b, t: b + len(t), table)
+>>> hoisted = hoisted_in_layers(x.__dask_graph__(), x.__dask_keys__(), Settings())
+>>> [(h.key.rsplit("-", 1)[0], len(h.tasks)) for h in hoisted.plan.hoists.values()]
+[('dedup-Series', 8)]
+>>> sorted(name.split("-")[0] for name in hoisted.graph.layers)
+['dedup', 'lambda', 'ones_like']
+
+``map_blocks(f, obj)`` puts ``obj`` once in its layer, as an argument every
+block gets (index ``None``); materializing copies it into one node per block,
+and the pass then rebuilds every one of those tasks. Here the argument
+becomes ``TaskRef(key)`` in the layer, the form dask itself gives a
+``Delayed`` argument, and ``key`` a layer of its own: no task is rebuilt.
+
+Only where the result is what the pass would make of the materialized
+graph: everything else answers None and the caller runs the pass as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dask._task_spec import DataNode, GraphNode, Task, TaskRef
+from dask.blockwise import Blockwise, optimize_blockwise
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+from dedupgraph.core.candidates import find_candidates
+from dedupgraph.core.fingerprint import FingerprintMemo, is_obviously_small
+from dedupgraph.core.immutability import merge_policy
+from dedupgraph.core.plan import Plan, plan_hoists
+from dedupgraph.core.prescan import layers_hold_nothing_large
+from dedupgraph.settings import Settings
+
+
+@dataclass(frozen=True)
+class LayerHoist:
+    """A new ``HighLevelGraph`` with broadcast arguments hoisted, and the plan that says which."""
+
+    graph: HighLevelGraph
+    plan: Plan
+
+
+def hoisted_in_layers(graph: Any, keys: Any, settings: Settings) -> LayerHoist | None:
+    """``graph`` with each large broadcast argument of its ``Blockwise`` layers under a key of its own.
+
+    None when there is none, or when the pass on the materialized graph could
+    differ: another large value is left (in a layer of another type, in a
+    keyword), equal copies are kept apart (``merge-equal``), or the new
+    dependency would let dask's ``fuse_roots`` fuse layers it leaves apart
+    now, which renames their keys. What dask's optimizer then makes of the
+    graph is checked by :func:`fused_as_plain`.
+    """
+    if not isinstance(graph, HighLevelGraph):
+        return None
+    carried = dict(_broadcast_arguments(graph, settings))
+    if not carried:
+        return None
+    planned = _plan(graph, carried, settings)
+    if planned is None:
+        return None
+    plan, key_of = planned
+    layers = dict(graph.layers)
+    dependencies = {name: set(deps) for name, deps in graph.dependencies.items()}
+    for name in carried:
+        new_keys = {key_of[id(arg)] for arg, index in graph.layers[name].indices if id(arg) in key_of and index is None}
+        if new_keys:
+            layers[name] = _with_references(graph.layers[name], key_of)
+            dependencies[name] |= new_keys
+    for hoist in plan.hoists.values():
+        layers[hoist.key] = MaterializedLayer({hoist.key: DataNode(hoist.key, hoist.value)})
+        dependencies[hoist.key] = set()
+    new = HighLevelGraph(layers, dependencies)
+    if not layers_hold_nothing_large(new, settings) or _roots_would_fuse(new, keys, set(key_of.values())):
+        return None
+    return LayerHoist(new, plan)
+
+
+def fused_as_plain(optimized: Any, plan: Plan, min_count: int) -> bool:
+    """Whether dask's optimizer made of the hoisted graph what the pass makes of plain dask's output.
+
+    Two things could differ. The plan counts the blocks of whole layers, and
+    dask then culls to the keys asked for, which may leave fewer carrying
+    tasks than ``min_count`` (at least 2, or dask's linear fusion would fuse
+    the key into its one dependent). And linear fusion joins a task to its
+    only dependency when that has no other dependent: a carrying task with
+    one dependency in plain dask has two here, and stays apart.
+    """
+    hoisted = {hoist.key for hoist in plan.hoists.values()}
+    carriers = dict.fromkeys(hoisted, 0)
+    if isinstance(optimized, HighLevelGraph):  # not fused below the layers
+        for name, deps in optimized.dependencies.items():
+            for key in deps & hoisted:
+                carriers[key] += len(optimized.layers[name].get_output_keys())
+        return min(carriers.values()) >= max(min_count, 2)
+    single: dict[Hashable, Hashable] = {}  # a carrying task's one other dependency -> that task
+    for key, node in optimized.items():
+        deps = node.dependencies
+        if deps.isdisjoint(hoisted):
+            continue
+        for hoist in deps & hoisted:
+            carriers[hoist] += 1
+        others = deps - hoisted
+        if len(others) == 1:
+            single[next(iter(others))] = key
+    if min(carriers.values()) < max(min_count, 2):
+        return False
+    return not single or not any(_only_dependent(optimized, single))
+
+
+def _only_dependent(graph: Mapping[Hashable, Any], single: dict[Hashable, Hashable]) -> Iterator[bool]:
+    """For each dependency in ``single``: whether the task named there is its only dependent."""
+    dependents: dict[Hashable, int] = dict.fromkeys(single, 0)
+    for node in graph.values():
+        for dep in node.dependencies:
+            if dep in dependents:
+                dependents[dep] += 1
+    return (dep in graph and dependents[dep] == 1 for dep in single)
+
+
+def _broadcast_arguments(graph: HighLevelGraph, settings: Settings) -> Iterator[tuple[str, list[Any]]]:
+    """(layer name, its broadcast arguments not known to be small), for layers that have any."""
+    for name, layer in graph.layers.items():
+        if type(layer) is not Blockwise:  # subclasses may read their indices their own way
+            continue
+        args = [
+            arg
+            for arg, index in layer.indices
+            if index is None
+            and not isinstance(arg, (TaskRef, GraphNode))
+            and not is_obviously_small(arg, settings.min_bytes)
+        ]
+        if args:
+            yield name, args
+
+
+def _plan(graph: HighLevelGraph, carried: dict[str, list[Any]], settings: Settings) -> tuple[Plan, dict[int, str]] | None:
+    """Stages 1 and 2 with each layer as one task, counted as the blocks that carry the argument.
+
+    With the key of each hoisted argument, by identity (equal objects that
+    may merge share one).
+    """
+    stand_ins = {name: Task(name, tuple, *args) for name, args in carried.items()}
+    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    candidates = find_candidates(stand_ins, memo, record_from_bytes=settings.min_bytes, may_merge=merge_policy(settings.merge_equal))
+    if candidates.apart or not candidates.fingerprints:
+        return None  # equal copies kept apart take keys named after their first task: the pass's to name
+    blocks: dict[str, list[Hashable]] = {}
+    for group, names in candidates.keys.items():
+        blocks[group] = [key for name in names for key in sorted(graph.layers[name].get_output_keys())]
+    plan = plan_hoists(replace(candidates, keys=blocks), settings)
+    if len(plan.hoists) != len(candidates.fingerprints):
+        return None  # something large stays inline (few blocks, excluded): the pass reports it
+    key_of = {ident: plan.hoists[group].key for ident, group in candidates.group_of.items() if group in plan.hoists}
+    arguments = {id(arg) for args in carried.values() for arg in args}
+    if not arguments.issuperset(key_of):
+        return None  # found inside an argument (a list of arrays): the pass hoists each
+    return plan, key_of
+
+
+def _with_references(layer: Blockwise, key_of: dict[int, str]) -> Blockwise:
+    """A new layer like ``layer`` whose hoisted broadcast arguments are references."""
+    indices = [
+        (TaskRef(key_of[id(arg)]), None) if index is None and id(arg) in key_of else (arg, index)
+        for arg, index in layer.indices
+    ]
+    new = Blockwise(
+        layer.output,
+        layer.output_indices,
+        layer.task,
+        indices,
+        layer.numblocks,
+        concatenate=layer.concatenate,
+        new_axes=layer.new_axes,
+        output_blocks=layer.output_blocks,
+        annotations=layer.annotations,
+        io_deps=layer.io_deps,
+    )
+    new.collection_annotations = layer.collection_annotations
+    return new
+
+
+def _roots_would_fuse(graph: HighLevelGraph, keys: Any, hoisted: set[str]) -> bool:
+    """Whether dask's ``fuse_roots`` might fuse a layer that depends on a hoisted key.
+
+    It fuses a ``Blockwise`` layer with its dependencies when there are
+    several and none has dependencies of its own: a hoisted key, which has
+    none, can tip a layer over that line. Judged on the layers as blockwise
+    fusion leaves them, as ``fuse_roots`` sees them; any doubt counts as yes.
+    """
+    fused = optimize_blockwise(graph, keys=list(_flat(keys)))
+    for name, deps in fused.dependencies.items():
+        if deps & hoisted and len(deps) > 1 and all(not fused.dependencies.get(dep) for dep in deps):
+            return True
+    return False
+
+
+def _flat(keys: Any) -> Iterator[Hashable]:
+    if isinstance(keys, list):
+        for key in keys:
+            yield from _flat(key)
+    else:
+        yield keys
