@@ -160,3 +160,37 @@ def test_objects_kept_inline_or_excluded_stay_inline():
     assert ours.keys() == pass_.keys() and hoisted_keys(ours) == []
     ours, pass_ = _both(_issue_example(Mapper()), exclude=["payloads.Mapper"])
     assert ours.keys() == pass_.keys() and hoisted_keys(ours) == []
+
+
+class Counted:
+    """Large when pickled; counts its pickles."""
+
+    pickles = 0
+
+    def __init__(self) -> None:
+        self.payload = b"x" * 100_000
+
+    def __reduce__(self):
+        type(self).pickles += 1
+        return (_rebuild_counted, (self.payload,))
+
+
+def _rebuild_counted(payload: bytes) -> Counted:
+    obj = Counted.__new__(Counted)
+    obj.payload = payload
+    return obj
+
+
+def _uses_counted(block, obj=None, kw=None):
+    return block
+
+
+@pytest.mark.parametrize("where", ["argument", "keyword"], ids=["through-layers", "through-pass"])
+def test_each_object_is_pickled_once_per_call(where):
+    obj = Counted()
+    x = da.ones((8, 4), chunks=(1, 4))
+    x = x.map_blocks(_uses_counted, obj) if where == "argument" else x.map_blocks(_uses_counted, kw=obj)
+    Counted.pickles = 0
+    out = dedupgraph.dedup(x.__dask_graph__(), x.__dask_keys__())
+    assert len(hoisted_keys(dict(out))) == 1
+    assert Counted.pickles == 1

@@ -91,7 +91,8 @@ def test_strict_fails_a_test_in_which_the_pass_failed(tmp_path: Path) -> None:
                 def broken(dsk, settings, **kwargs):
                     raise RuntimeError("boom")
                 monkeypatch.setattr(dedupgraph.routes.config, "deduplicate_graph", broken)
-                assert dask.compute(delayed(len)([1, 2]), scheduler="sync") == (2,)
+                # something large: a graph with nothing large never reaches the pass
+                assert dask.compute(delayed(len)(b"x" * 100_000), scheduler="sync") == (100_000,)
             """
         )
     )

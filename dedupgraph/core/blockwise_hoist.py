@@ -47,7 +47,7 @@ class LayerHoist:
     plan: Plan
 
 
-def hoisted_in_layers(graph: Any, keys: Any, settings: Settings) -> LayerHoist | None:
+def hoisted_in_layers(graph: Any, keys: Any, settings: Settings, memo: FingerprintMemo | None = None) -> LayerHoist | None:
     """``graph`` with each large broadcast argument of its ``Blockwise`` layers under a key of its own.
 
     None when there is none, or when the pass on the materialized graph could
@@ -55,14 +55,17 @@ def hoisted_in_layers(graph: Any, keys: Any, settings: Settings) -> LayerHoist |
     keyword), equal copies are kept apart (``merge-equal``), or the new
     dependency would let dask's ``fuse_roots`` fuse layers it leaves apart
     now, which renames their keys. What dask's optimizer then makes of the
-    graph is checked by :func:`fused_as_plain`.
+    graph is checked by :func:`fused_as_plain`. ``memo``: as for the pass,
+    fingerprints shared with the caller's other stages.
     """
     if not isinstance(graph, HighLevelGraph):
         return None
     carried = dict(_broadcast_arguments(graph, settings))
     if not carried:
         return None
-    planned = _plan(graph, carried, settings)
+    if memo is None:
+        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    planned = _plan(graph, carried, settings, memo)
     if planned is None:
         return None
     plan, key_of = planned
@@ -77,7 +80,7 @@ def hoisted_in_layers(graph: Any, keys: Any, settings: Settings) -> LayerHoist |
         layers[hoist.key] = MaterializedLayer({hoist.key: DataNode(hoist.key, hoist.value)})
         dependencies[hoist.key] = set()
     new = HighLevelGraph(layers, dependencies)
-    if not layers_hold_nothing_large(new, settings) or _roots_would_fuse(new, keys, set(key_of.values())):
+    if not layers_hold_nothing_large(new, settings, memo) or _roots_would_fuse(new, keys, set(key_of.values())):
         return None
     return LayerHoist(new, plan)
 
@@ -140,14 +143,15 @@ def _broadcast_arguments(graph: HighLevelGraph, settings: Settings) -> Iterator[
             yield name, args
 
 
-def _plan(graph: HighLevelGraph, carried: dict[str, list[Any]], settings: Settings) -> tuple[Plan, dict[int, str]] | None:
+def _plan(
+    graph: HighLevelGraph, carried: dict[str, list[Any]], settings: Settings, memo: FingerprintMemo
+) -> tuple[Plan, dict[int, str]] | None:
     """Stages 1 and 2 with each layer as one task, counted as the blocks that carry the argument.
 
     With the key of each hoisted argument, by identity (equal objects that
     may merge share one).
     """
     stand_ins = {name: Task(name, tuple, *args) for name, args in carried.items()}
-    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
     candidates = find_candidates(stand_ins, memo, record_from_bytes=settings.min_bytes, may_merge=merge_policy(settings.merge_equal))
     if candidates.apart or not candidates.fingerprints:
         return None  # equal copies kept apart take keys named after their first task: the pass's to name

@@ -37,11 +37,15 @@ if not MISSING_INTERNALS:  # without them the stages cannot even be imported: th
 
 logger = logging.getLogger("dedupgraph")
 
-def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings, place: Place | None = None) -> Mapping[Hashable, Any]:
+def deduplicate_graph(
+    dsk: Mapping[Hashable, Any], settings: Settings, place: Place | None = None, memo: FingerprintMemo | None = None
+) -> Mapping[Hashable, Any]:
     """``dsk`` with its repeated large objects hoisted; ``dsk`` itself if nothing is.
 
     ``place``: how a route stores a hoisted object other than as plain data
     under its key (``share="host"``); see :func:`dedupgraph.core.rewrite.rewrite_graph`.
+    ``memo``: the fingerprints a prescan of the same graph made (``dedupgraph.core.prescan``), so
+    that no object is pickled twice.
 
     >>> from dask._task_spec import Task
     >>> big = list(range(50_000))
@@ -51,7 +55,7 @@ def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings, place: Pl
     """
     graph = task_graph(dsk)
     with collection_paused(len(graph)):
-        out = _deduplicated(dsk, graph, settings, place)
+        out = _deduplicated(dsk, graph, settings, place, memo)
         if out is dsk or not isinstance(dsk, HighLevelGraph):
             return out
         # dask reads annotations from the layers of what an optimizer returns
@@ -60,20 +64,27 @@ def deduplicate_graph(dsk: Mapping[Hashable, Any], settings: Settings, place: Pl
 
 
 def _deduplicated(
-    dsk: Mapping[Hashable, Any], graph: dict[Hashable, GraphNode], settings: Settings, place: Place | None
+    dsk: Mapping[Hashable, Any],
+    graph: dict[Hashable, GraphNode],
+    settings: Settings,
+    place: Place | None,
+    memo: FingerprintMemo | None,
 ) -> Mapping[Hashable, Any]:
-    candidates, plan = planned(graph, settings)
+    candidates, plan = planned(graph, settings, memo=memo)
     if not plan or settings.dry_run:
         return dsk
     return rewrite_graph(graph, plan, candidates, place=place)
 
 
-def planned(graph: Mapping[Hashable, GraphNode], settings: Settings, source: str = "") -> tuple[Candidates, Plan]:
+def planned(
+    graph: Mapping[Hashable, GraphNode], settings: Settings, source: str = "", memo: FingerprintMemo | None = None
+) -> tuple[Candidates, Plan]:
     """Stages 1 and 2 on a graph of ``GraphNode``s, and the INFO line if anything is hoisted.
 
     ``source`` starts the line (``"deduplicate: "``) where the pass is not the caller.
     """
-    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    if memo is None:
+        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
     may_merge = merge_policy(settings.merge_equal)
     candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings), may_merge=may_merge)
     plan = plan_hoists(candidates, settings)

@@ -72,7 +72,9 @@ def dask_optimizer(optimizer: Any) -> bool:
     return (getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")) in DASK_OPTIMIZERS.values()
 
 
-def nothing_large(expr: Any, settings: Settings, known: Callable[[Any], bool] = dask_optimizer) -> bool:
+def nothing_large(
+    expr: Any, settings: Settings, known: Callable[[Any], bool] = dask_optimizer, memo: FingerprintMemo | None = None
+) -> bool:
     """True only if materializing ``expr`` gives tasks that carry nothing of ``min-bytes`` or more.
 
     ``known(optimizer)``: whether a graph's low-level optimizer is one that
@@ -83,7 +85,7 @@ def nothing_large(expr: Any, settings: Settings, known: Callable[[Any], bool] = 
         from dask.highlevelgraph import HighLevelGraph
     except ImportError:  # another dask: no shortcut
         return False
-    leaf = _leaf_check(settings)
+    leaf = _leaf_check(settings, memo)
     read = 0  # legacy graphs read: an expression without any is not one of them
     try:
         for node in expressions(expr):
@@ -104,7 +106,7 @@ def nothing_large(expr: Any, settings: Settings, known: Callable[[Any], bool] = 
     return read > 0
 
 
-def layers_hold_nothing_large(graph: Any, settings: Settings) -> bool:
+def layers_hold_nothing_large(graph: Any, settings: Settings, memo: FingerprintMemo | None = None) -> bool:
     """The same for one ``HighLevelGraph`` (what a legacy low-level optimizer receives), before it is optimized.
 
     >>> import dask.array as da
@@ -113,14 +115,16 @@ def layers_hold_nothing_large(graph: Any, settings: Settings) -> bool:
     True
     """
     try:
-        _layers(graph, _leaf_check(settings))
+        _layers(graph, _leaf_check(settings, memo))
     except _Large:
         return False
     return True
 
 
-def _leaf_check(settings: Settings) -> Any:
-    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+def _leaf_check(settings: Settings, memo: FingerprintMemo | None = None) -> Any:
+    # the pass, given the same memo, pickles nothing twice
+    if memo is None:
+        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
 
     def leaf(value: Any, where: str = "") -> None:
         if is_obviously_small(value, settings.min_bytes):

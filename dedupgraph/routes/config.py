@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 from dask.highlevelgraph import HighLevelGraph
@@ -25,6 +25,9 @@ from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.core.pipeline import announce, deduplicate_graph
 from dedupgraph.routes.placing import placement_for
 from dedupgraph.settings import Settings
+
+if TYPE_CHECKING:
+    from dedupgraph.core.fingerprint import FingerprintMemo
 
 logger = logging.getLogger("dedupgraph")
 
@@ -71,17 +74,20 @@ class Deduplicator:
         if MISSING_INTERNALS:
             _warn_unsupported()
             return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
-        out = _optimized_hoisted_in_layers(self.base, dsk, keys, kwargs, settings)
+        from dedupgraph.core.fingerprint import FingerprintMemo
+
+        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))  # each object pickled once
+        out = _optimized_hoisted_in_layers(self.base, dsk, keys, kwargs, settings, memo)
         if out is not None:
             return out
-        if _nothing_large_before(self.base, dsk, settings):
+        if _nothing_large_before(self.base, dsk, settings, memo):
             # the layers hold nothing the pass could hoist, and dask's own optimizers
             # make no new large values: no walk over the optimized tasks
             return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
         if self.base is not None:
             dsk = self.base(dsk, keys, **kwargs)
         try:
-            return deduplicate_graph(dsk, settings, place=placement_for(settings))
+            return deduplicate_graph(dsk, settings, place=placement_for(settings), memo=memo)
         except Exception:
             # the promise: never fail a computation that would succeed without us
             logger.warning("dedupgraph pass failed; graph left unchanged", exc_info=True)
@@ -108,7 +114,7 @@ def known_optimizer(optimizer: Any) -> bool:
     return dask_optimizer(optimizer) or optimizer in (_array_optimize, _delayed_optimize, _bag_optimize)
 
 
-def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], settings: Settings) -> bool:
+def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], settings: Settings, memo: FingerprintMemo) -> bool:
     """Whether ``dsk``'s layers, before ``base`` (one of dask's own optimizers) runs, show nothing to hoist.
 
     Reading the layers of a ``HighLevelGraph`` is cheaper than walking the
@@ -122,14 +128,14 @@ def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], s
     try:
         from dedupgraph.core.prescan import layers_hold_nothing_large
 
-        return (base is None or known_optimizer(base)) and layers_hold_nothing_large(dsk, settings)
+        return (base is None or known_optimizer(base)) and layers_hold_nothing_large(dsk, settings, memo)
     except Exception:
         logger.debug("dedupgraph: reading the layers failed; the pass walks the graph", exc_info=True)
         return False
 
 
 def _optimized_hoisted_in_layers(
-    base: Optimizer | None, dsk: Mapping[Hashable, Any], keys: Any, kwargs: dict[str, Any], settings: Settings
+    base: Optimizer | None, dsk: Mapping[Hashable, Any], keys: Any, kwargs: dict[str, Any], settings: Settings, memo: FingerprintMemo
 ) -> Mapping[Hashable, Any] | None:
     """``base``'s output for ``dsk`` with its blockwise broadcast arguments hoisted first, or None.
 
@@ -146,7 +152,7 @@ def _optimized_hoisted_in_layers(
     from dedupgraph.core.blockwise_hoist import fused_as_plain, hoisted_in_layers
 
     try:
-        hoisted = hoisted_in_layers(dsk, keys, settings)
+        hoisted = hoisted_in_layers(dsk, keys, settings, memo)
     except Exception:
         logger.debug("dedupgraph: hoisting in the layers failed; the pass walks the graph", exc_info=True)
         return None

@@ -98,13 +98,14 @@ class Route:
             for node, index, pass_ in slots:
                 # one pass per graph: the config route's runs here, on the whole graph, below
                 node.operands[index] = pass_.base
-            skip = settings is None or _nothing_large(expr, settings)
+            memo = None if settings is None else _memo(settings)  # the prescan's fingerprints serve the pass
+            skip = settings is None or _nothing_large(expr, settings, memo)
         dsk, annotations_by_type = original(expr, validate)
         if skip:  # a failure above, or the layers showed nothing large: no walk
             return dsk, annotations_by_type
         try:
             with _spending(submission):
-                out = self.deduplicated(dsk, settings, submission)  # type: ignore[arg-type]
+                out = self.deduplicated(dsk, settings, submission, memo)  # type: ignore[arg-type]
                 if out is not dsk:
                     keep_plain([key for key in out if key not in dsk], out, annotations_by_type, submission)
             if out is not dsk and submission.ordering is not None and not _culled_later(expr):
@@ -121,12 +122,12 @@ class Route:
                 submission.ordering.clear()  # distributed orders the graph itself
             return dsk, annotations_by_type
 
-    def deduplicated(self, dsk: Graph, settings: Settings, submission: Submission) -> Graph:
+    def deduplicated(self, dsk: Graph, settings: Settings, submission: Submission, memo: Any = None) -> Graph:
         """The pass on ``dsk``; a graph of one task also counts other graphs of this scheduler."""
         if len(dsk) == 1 and settings.min_count > 1 and not settings.dry_run:
             # within one task nothing reaches min-count: only other graphs can
             return self._across_graphs(dsk, settings, submission)
-        return deduplicate_graph(dsk, settings, place=placement_for(settings))  # type: ignore[return-value]
+        return deduplicate_graph(dsk, settings, place=placement_for(settings), memo=memo)  # type: ignore[return-value]
 
     def _across_graphs(self, dsk: Graph, settings: Settings, submission: Submission) -> Graph:
         # client.submit sends one task per graph: a large argument there is
@@ -203,12 +204,18 @@ def _spending(submission: Submission) -> Iterator[None]:
         submission.spent += time.thread_time() - start
 
 
-def _nothing_large(expr: Any, settings: Settings) -> bool:
+def _memo(settings: Settings) -> Any:
+    from dedupgraph.core.fingerprint import FingerprintMemo
+
+    return FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+
+
+def _nothing_large(expr: Any, settings: Settings, memo: Any = None) -> bool:
     """Whether the graph's layers show, before it is materialized, that the pass would hoist nothing."""
     from dedupgraph.core.prescan import nothing_large
 
     try:
-        return nothing_large(expr, settings, known=known_optimizer)
+        return nothing_large(expr, settings, known=known_optimizer, memo=memo)
     except Exception:  # only a shortcut: the pass decides
         logger.debug("dedupgraph: reading the layers failed; the pass runs", exc_info=True)
         return False
