@@ -194,3 +194,18 @@ def test_each_object_is_pickled_once_per_call(where):
     out = dedupgraph.dedup(x.__dask_graph__(), x.__dask_keys__())
     assert len(hoisted_keys(dict(out))) == 1
     assert Counted.pickles == 1
+
+
+def test_a_failure_in_the_layers_falls_back_to_the_pass(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug in the layer hoist")
+
+    monkeypatch.setattr(blockwise_hoist, "find_candidates", broken)
+    build = _issue_example(Mapper())
+    expected = build().compute(scheduler="sync")
+    with dedupgraph.enable():
+        assert build().compute(scheduler="sync") == expected
+    x = build()
+    out = dedupgraph.dedup(x.__dask_graph__(), x.__dask_keys__())
+    assert len(hoisted_keys(dict(out))) == 1  # the pass, after dask's optimize
+    assert any("hoisting in the layers failed" in r.message and r.levelname == "WARNING" for r in caplog.records)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import dask
 import distributed
+import pytest
 
 import dedupgraph
 from dedupgraph.tools.cli import info_text
@@ -146,6 +147,28 @@ def test_bench_choices_are_the_suites():
 
     choices = {p.name: tuple(p.type.choices) for p in bench.params if isinstance(p.type, click.Choice)}
     assert choices == {"modes": suite.MODES, "collections": suite.COLLECTIONS, "sizes": tuple(suite.SIZES)}
+
+
+@pytest.mark.parametrize("flags, host_part", [((), True), (("--no-host-memory",), False)])
+def test_bench_skips_the_host_part_when_asked(monkeypatch, tmp_path, flags, host_part):
+    from click.testing import CliRunner
+
+    from dedupgraph.benchmarks import suite
+    from dedupgraph.tools.cli import bench
+
+    plans = []
+
+    def recorded(plan, output, progress):
+        plans.append(plan)
+        report = output / "results.md"
+        report.write_text("")
+        return report
+
+    monkeypatch.setattr(suite, "run", recorded)
+    result = CliRunner().invoke(bench, ["--output", str(tmp_path), "--collections", "bag", *flags])
+    assert result.exit_code == 0, result.output
+    (plan,) = plans
+    assert plan.collections == ("bag",) and (plan.host_memory is not None) is host_part
 
 
 def test_info_names_the_scheduler_preload_of_this_process():

@@ -64,7 +64,7 @@ def hoisted_in_layers(graph: Any, keys: Any, settings: Settings, memo: Fingerpri
     if not carried:
         return None
     if memo is None:
-        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+        memo = FingerprintMemo.for_pass(settings)
     planned = _plan(graph, carried, settings, memo)
     if planned is None:
         return None

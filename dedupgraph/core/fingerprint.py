@@ -108,6 +108,15 @@ class FingerprintMemo:
         self._owners: dict[str, list[list[Any]]] = {}
         self._excluded_types: dict[type, bool] = {}
 
+    @classmethod
+    def for_pass(cls, settings: Any) -> FingerprintMemo:
+        """The memo one pass with ``settings`` uses: its ``min_bytes`` and ``exclude``.
+
+        A route makes one per graph and hands it to every stage that reads the
+        graph (prescan, layers, pass), so that each object is pickled once.
+        """
+        return cls(settings.min_bytes, frozenset(settings.exclude))
+
     def fingerprint(self, value: Any) -> Fingerprint | None:
         """The value's fingerprint, or None for small, excluded or unpicklable values."""
         found = self._seen.get(id(value))

@@ -84,7 +84,7 @@ def planned(
     ``source`` starts the line (``"deduplicate: "``) where the pass is not the caller.
     """
     if memo is None:
-        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+        memo = FingerprintMemo.for_pass(settings)
     may_merge = merge_policy(settings.merge_equal)
     candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings), may_merge=may_merge)
     plan = plan_hoists(candidates, settings)

@@ -124,7 +124,7 @@ def layers_hold_nothing_large(graph: Any, settings: Settings, memo: FingerprintM
 def _leaf_check(settings: Settings, memo: FingerprintMemo | None = None) -> Any:
     # the pass, given the same memo, pickles nothing twice
     if memo is None:
-        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+        memo = FingerprintMemo.for_pass(settings)
 
     def leaf(value: Any, where: str = "") -> None:
         if is_obviously_small(value, settings.min_bytes):

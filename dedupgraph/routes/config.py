@@ -76,8 +76,12 @@ class Deduplicator:
             return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
         from dedupgraph.core.fingerprint import FingerprintMemo
 
-        memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))  # each object pickled once
-        out = _optimized_hoisted_in_layers(self.base, dsk, keys, kwargs, settings, memo)
+        memo = FingerprintMemo.for_pass(settings)  # each object pickled once
+        try:
+            out = _optimized_hoisted_in_layers(self.base, dsk, keys, kwargs, settings, memo)
+        except Exception:
+            logger.warning("dedupgraph: hoisting in the layers failed; the pass walks the graph", exc_info=True)
+            out = None
         if out is not None:
             return out
         if _nothing_large_before(self.base, dsk, settings, memo):
@@ -151,11 +155,7 @@ def _optimized_hoisted_in_layers(
         return None
     from dedupgraph.core.blockwise_hoist import fused_as_plain, hoisted_in_layers
 
-    try:
-        hoisted = hoisted_in_layers(dsk, keys, settings, memo)
-    except Exception:
-        logger.debug("dedupgraph: hoisting in the layers failed; the pass walks the graph", exc_info=True)
-        return None
+    hoisted = hoisted_in_layers(dsk, keys, settings, memo)
     if hoisted is None:
         return None
     try:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dedupgraph.core.fingerprint import FingerprintMemo
 from dedupgraph.core.pipeline import collection_paused, deduplicate_graph
 from dedupgraph.core.prescan import expressions
 from dedupgraph.routes.placing import placement_for
@@ -92,13 +93,13 @@ class Route:
             try:
                 slots = config_route_slots(expr)
                 settings = winning_settings([slot[2] for slot in slots], submission.client_settings)
+                memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
             except Exception:
                 logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
-                slots, settings = [], None
+                slots, settings, memo = [], None, None
             for node, index, pass_ in slots:
                 # one pass per graph: the config route's runs here, on the whole graph, below
                 node.operands[index] = pass_.base
-            memo = None if settings is None else _memo(settings)  # the prescan's fingerprints serve the pass
             skip = settings is None or _nothing_large(expr, settings, memo)
         dsk, annotations_by_type = original(expr, validate)
         if skip:  # a failure above, or the layers showed nothing large: no walk
@@ -122,7 +123,9 @@ class Route:
                 submission.ordering.clear()  # distributed orders the graph itself
             return dsk, annotations_by_type
 
-    def deduplicated(self, dsk: Graph, settings: Settings, submission: Submission, memo: Any = None) -> Graph:
+    def deduplicated(
+        self, dsk: Graph, settings: Settings, submission: Submission, memo: FingerprintMemo | None = None
+    ) -> Graph:
         """The pass on ``dsk``; a graph of one task also counts other graphs of this scheduler."""
         if len(dsk) == 1 and settings.min_count > 1 and not settings.dry_run:
             # within one task nothing reaches min-count: only other graphs can
@@ -179,11 +182,10 @@ def winning_settings(passes: list[Deduplicator], client_settings: Mapping[str, A
 
 def content_keys(node: Any, settings: Settings) -> set[str]:
     """The hoisted keys the pass would give the large contents that one task carries."""
-    from dedupgraph.core.fingerprint import FingerprintMemo
     from dedupgraph.core.plan import hoisted_key
     from dedupgraph.core.transform import walk_leaves
 
-    memo = FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
+    memo = FingerprintMemo.for_pass(settings)
     keys: set[str] = set()
 
     def record(value: Any, where: str) -> None:
@@ -204,13 +206,7 @@ def _spending(submission: Submission) -> Iterator[None]:
         submission.spent += time.thread_time() - start
 
 
-def _memo(settings: Settings) -> Any:
-    from dedupgraph.core.fingerprint import FingerprintMemo
-
-    return FingerprintMemo(settings.min_bytes, frozenset(settings.exclude))
-
-
-def _nothing_large(expr: Any, settings: Settings, memo: Any = None) -> bool:
+def _nothing_large(expr: Any, settings: Settings, memo: FingerprintMemo | None = None) -> bool:
     """Whether the graph's layers show, before it is materialized, that the pass would hoist nothing."""
     from dedupgraph.core.prescan import nothing_large
 

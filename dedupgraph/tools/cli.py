@@ -182,6 +182,7 @@ def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
 @click.option("--sizes", multiple=True, type=click.Choice(["60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable).")
 @click.option("--chunks", multiple=True, type=click.IntRange(min=1), help="Chunk counts instead of the plan's (repeatable).")
 @click.option("--no-overhead", is_flag=True, help="Skip the second part, the pass's time against dask's optimize.")
+@click.option("--no-host-memory", is_flag=True, help='Skip the last part, one copy per host (share="host").')
 def bench(
     quick: bool,
     output: Path,
@@ -190,6 +191,7 @@ def bench(
     sizes: tuple[str, ...],
     chunks: tuple[int, ...],
     no_overhead: bool,
+    no_host_memory: bool,
 ) -> None:
     """Compare plain dask, dedupgraph and the manual fixes: memory, time and payload, with plots."""
     import dataclasses
@@ -201,6 +203,8 @@ def bench(
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v})
     if no_overhead:
         plan = dataclasses.replace(plan, overhead_tasks=())
+    if no_host_memory:
+        plan = dataclasses.replace(plan, host_memory=None)
     if len(plan.chunks) < 2:
         raise click.BadParameter("give at least two chunk counts: growth per chunk is measured between them", param_hint="--chunks")
     report = suite.run(plan, output, lambda line: click.echo(line, err=True))
