@@ -102,8 +102,8 @@ def fused_as_plain(optimized: Any, plan: Plan, min_count: int) -> bool:
             for key in deps & hoisted:
                 carriers[key] += len(optimized.layers[name].get_output_keys())
         return min(carriers.values()) >= max(min_count, 2)
-    single: dict[Hashable, Hashable] = {}  # a carrying task's one other dependency -> that task
-    for key, node in optimized.items():
+    single: set[Hashable] = set()  # the one other dependency of a carrying task that has one
+    for node in optimized.values():
         deps = node.dependencies
         if deps.isdisjoint(hoisted):
             continue
@@ -111,14 +111,14 @@ def fused_as_plain(optimized: Any, plan: Plan, min_count: int) -> bool:
             carriers[hoist] += 1
         others = deps - hoisted
         if len(others) == 1:
-            single[next(iter(others))] = key
+            single |= others
     if min(carriers.values()) < max(min_count, 2):
         return False
     return not single or not any(_only_dependent(optimized, single))
 
 
-def _only_dependent(graph: Mapping[Hashable, Any], single: dict[Hashable, Hashable]) -> Iterator[bool]:
-    """For each dependency in ``single``: whether the task named there is its only dependent."""
+def _only_dependent(graph: Mapping[Hashable, Any], single: set[Hashable]) -> Iterator[bool]:
+    """For each task in ``single``: whether it has one dependent only (the carrying task)."""
     dependents: dict[Hashable, int] = dict.fromkeys(single, 0)
     for node in graph.values():
         for dep in node.dependencies:

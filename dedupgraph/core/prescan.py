@@ -69,7 +69,12 @@ def dask_optimizer(optimizer: Any) -> bool:
     """
     if optimizer is None:
         return True
-    return (getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")) in DASK_OPTIMIZERS.values()
+    return qualified_name(optimizer) in DASK_OPTIMIZERS.values()
+
+
+def qualified_name(optimizer: Any) -> tuple[str, str]:
+    """``(module, name)`` of a function, as ``DASK_OPTIMIZERS`` lists them (a wrapper's: the wrapped one's)."""
+    return getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")
 
 
 def nothing_large(

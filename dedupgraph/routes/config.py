@@ -170,10 +170,9 @@ def _optimized_hoisted_in_layers(
 
 
 def _array_optimizer(base: Optimizer | None) -> bool:
-    from dedupgraph.core.prescan import DASK_OPTIMIZERS
+    from dedupgraph.core.prescan import DASK_OPTIMIZERS, qualified_name
 
-    name = (getattr(base, "__module__", ""), getattr(base, "__name__", ""))
-    return base is _array_optimize or name == DASK_OPTIMIZERS["array"]
+    return base is _array_optimize or qualified_name(base) == DASK_OPTIMIZERS["array"]
 
 
 def _warn_unsupported() -> None:
