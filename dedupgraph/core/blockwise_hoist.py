@@ -53,9 +53,8 @@ def hoisted_in_layers(graph: Any, keys: Any, settings: Settings, memo: Fingerpri
     None when there is none, or when the pass on the materialized graph could
     differ: another large value is left (in a layer of another type, in a
     keyword), equal copies are kept apart (``merge-equal``), or the new
-    dependency would let dask's ``fuse_roots`` fuse layers it leaves apart
-    now, which renames their keys. What dask's optimizer then makes of the
-    graph is checked by :func:`fused_as_plain`. ``memo``: as for the pass,
+    dependency could change what dask fuses, which renames keys. What dask's
+    optimizer then makes of the graph is checked by :func:`fused_as_plain`. ``memo``: as for the pass,
     fingerprints shared with the caller's other stages.
     """
     if not isinstance(graph, HighLevelGraph):
@@ -80,7 +79,7 @@ def hoisted_in_layers(graph: Any, keys: Any, settings: Settings, memo: Fingerpri
         layers[hoist.key] = MaterializedLayer({hoist.key: DataNode(hoist.key, hoist.value)})
         dependencies[hoist.key] = set()
     new = HighLevelGraph(layers, dependencies)
-    if not layers_hold_nothing_large(new, settings, memo) or _roots_would_fuse(new, keys, set(key_of.values())):
+    if not layers_hold_nothing_large(new, settings, memo) or _fusion_could_change(new, keys, set(key_of.values())):
         return None
     return LayerHoist(new, plan)
 
@@ -190,19 +189,20 @@ def _with_references(layer: Blockwise, key_of: dict[int, str]) -> Blockwise:
     return new
 
 
-def _roots_would_fuse(graph: HighLevelGraph, keys: Any, hoisted: set[str]) -> bool:
-    """Whether dask's ``fuse_roots`` might fuse a layer that depends on a hoisted key.
+def _fusion_could_change(graph: HighLevelGraph, keys: Any, hoisted: set[str]) -> bool:
+    """Whether a hoisted key could change what dask fuses, judged on the layers as blockwise fusion leaves them.
 
-    It fuses a ``Blockwise`` layer with its dependencies when there are
-    several and none has dependencies of its own: a hoisted key, which has
-    none, can tip a layer over that line. Judged on the layers as blockwise
-    fusion leaves them, as ``fuse_roots`` sees them; any doubt counts as yes.
+    Safe only where each layer that depends on a hoisted key depends on that
+    one key and nothing else, so its tasks had no dependency before. Any other
+    dependency could tip one of dask's fusions: ``fuse_roots`` joins a
+    ``Blockwise`` layer with its dependencies when there are several and none
+    has dependencies of its own (a hoisted key has none), and linear fusion
+    joins a task to its only dependency, which a hoisted key would make one of
+    two. Either renames keys. Judged here, before dask's optimizer runs, so
+    that a graph which would fall back is not optimized twice.
     """
     fused = optimize_blockwise(graph, keys=list(_flat(keys)))
-    for name, deps in fused.dependencies.items():
-        if deps & hoisted and len(deps) > 1 and all(not fused.dependencies.get(dep) for dep in deps):
-            return True
-    return False
+    return any(deps & hoisted and len(deps) > 1 for deps in fused.dependencies.values())
 
 
 def _flat(keys: Any) -> Iterator[Hashable]:
