@@ -76,7 +76,9 @@ MODES = (
 COLLECTIONS = ("array", "delayed", "bag", "dataframe", "array-expr")
 # collections the config route has no optimizer key for: it embeds there, as plain dask
 NO_CONFIG_HOOK = ("dataframe", "array-expr")
-SIZES = {"60KB": 7_500, "250KB": 30_000, "2MB": 250_000}  # Series rows for each pickled size
+# Series rows for each pickled size; "tiny" (0.7 KB, never hoisted) measures what a chunk
+# costs the workers with no large object at all: the floor no mode can go below
+SIZES = {"tiny": 10, "60KB": 7_500, "250KB": 30_000, "2MB": 250_000}
 MEMORY_BUDGET = 6 * 2**30  # cells whose embedded copies would need more are skipped
 # A persist that takes longer has stalled (paused workers): the cell says so, the run goes on.
 PERSIST_TIMEOUT_S = 300
@@ -98,7 +100,7 @@ class Plan:
     host_memory: HostMemoryPart | None = None
 
 
-FULL = Plan((250, 1000, 4000), tuple(SIZES), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0, overhead_repeat=3)
+FULL = Plan((250, 1000, 4000), ("60KB", "250KB", "2MB"), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0, overhead_repeat=3)
 QUICK = Plan((40, 200), ("250KB",), COLLECTIONS, MODES, (2_000, 10_000), 0.6)
 SMOKE = Plan((3, 6), ("60KB",), COLLECTIONS, MODES, (500,), 0.3, fresh_cluster=False)
 FULL = dataclasses.replace(FULL, host_memory=HostMemoryPart())

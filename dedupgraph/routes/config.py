@@ -23,6 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.core.pipeline import announce, deduplicate_graph
+from dedupgraph.routes.layer_hoisting import optimized_with_layer_hoists
 from dedupgraph.routes.placing import placement_for
 from dedupgraph.settings import Settings
 
@@ -78,11 +79,17 @@ class Deduplicator:
 
         memo = FingerprintMemo.for_pass(settings)  # each object pickled once
         try:
-            out = _optimized_hoisted_in_layers(self.base, dsk, keys, kwargs, settings, memo)
+            hoisted = (
+                optimized_with_layer_hoists(self.base, dsk, keys, kwargs, settings, memo)
+                if is_array_optimizer(self.base)
+                else None
+            )
         except Exception:
             logger.warning("dedupgraph: hoisting in the layers failed; the pass walks the graph", exc_info=True)
-            out = None
-        if out is not None:
+            hoisted = None
+        if hoisted is not None:
+            out, plan = hoisted
+            announce(plan, settings)
             return out
         if _nothing_large_before(self.base, dsk, settings, memo):
             # the layers hold nothing the pass could hoist, and dask's own optimizers
@@ -138,38 +145,13 @@ def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], s
         return False
 
 
-def _optimized_hoisted_in_layers(
-    base: Optimizer | None, dsk: Mapping[Hashable, Any], keys: Any, kwargs: dict[str, Any], settings: Settings, memo: FingerprintMemo
-) -> Mapping[Hashable, Any] | None:
-    """``base``'s output for ``dsk`` with its blockwise broadcast arguments hoisted first, or None.
+def is_array_optimizer(base: Any) -> bool:
+    """Whether ``base`` is dask's array optimizer, or this route's function that calls it.
 
-    Cheaper than the pass after optimizing, which rebuilds one task per
-    block (``dedupgraph.core.blockwise_hoist``), and the same keys. Only
-    before dask's own array optimizer, whose fusion that module knows; not
-    for dry runs, other placements (``share="host"``) or DEBUG logs (which
-    name what the pass leaves inline): the pass does those.
+    >>> from dask.array.optimization import optimize
+    >>> is_array_optimizer(optimize), is_array_optimizer(dedup.base), is_array_optimizer(dedup_bag.base)
+    (True, True, False)
     """
-    if not _array_optimizer(base) or not isinstance(dsk, HighLevelGraph):
-        return None
-    if settings.dry_run or logger.isEnabledFor(logging.DEBUG) or placement_for(settings) is not None:
-        return None
-    from dedupgraph.core.blockwise_hoist import fused_as_plain, hoisted_in_layers
-
-    hoisted = hoisted_in_layers(dsk, keys, settings, memo)
-    if hoisted is None:
-        return None
-    try:
-        out = base(hoisted.graph, keys, **kwargs)
-    except Exception:
-        logger.debug("dedupgraph: dask's optimizer failed on the hoisted layers; the pass walks the graph", exc_info=True)
-        return None
-    if not fused_as_plain(out, hoisted.plan, settings.min_count):
-        return None  # culled below min-count, or fused otherwise: the pass on plain dask's output decides
-    announce(hoisted.plan, settings)
-    return out
-
-
-def _array_optimizer(base: Optimizer | None) -> bool:
     from dedupgraph.core.prescan import DASK_OPTIMIZERS, qualified_name
 
     return base is _array_optimize or qualified_name(base) == DASK_OPTIMIZERS["array"]

@@ -179,7 +179,7 @@ def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True, help="Folder for the table, CSVs and plots.")
 @click.option("--modes", multiple=True, type=click.Choice(["plain", "dedup-config", "scheduler", "deduplicate", "deduplicate-broadcast", "scatter-broadcast", "delayed-create"]), help="Only these (repeatable).")
 @click.option("--collections", multiple=True, type=click.Choice(["array", "delayed", "bag", "dataframe", "array-expr"]), help="Only these (repeatable).")
-@click.option("--sizes", multiple=True, type=click.Choice(["60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable).")
+@click.option("--sizes", multiple=True, type=click.Choice(["tiny", "60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable); tiny: the floor, a chunk with nothing large.")
 @click.option("--chunks", multiple=True, type=click.IntRange(min=1), help="Chunk counts instead of the plan's (repeatable).")
 @click.option("--no-overhead", is_flag=True, help="Skip the second part, the pass's time against dask's optimize.")
 @click.option("--no-host-memory", is_flag=True, help='Skip the last part, one copy per host (share="host").')
