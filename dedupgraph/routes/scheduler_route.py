@@ -135,7 +135,12 @@ class Route:
     def _hoisted_in_layers(
         self, dsk: Graph, annotations_by_type: AnnotationsByType, layers: LayerHoisting, settings: Settings, submission: Submission
     ) -> tuple[Graph, AnnotationsByType]:
-        """What :meth:`materialize` returns where dask's optimizer ran on hoisted layers: no walk, no pass."""
+        """What :meth:`materialize` returns where dask's optimizer ran on hoisted layers: no walk, no pass.
+
+        A graph holds one such call (``installed``); were there another that
+        declined, its tasks would stay as dask made them, correct, and not
+        walked: the pass must not meet a key hoisted already.
+        """
         try:
             with _spending(submission):
                 hoisted = [h.key for plan in layers.plans for h in plan.hoists.values() if h.key in dsk]
