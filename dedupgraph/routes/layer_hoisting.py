@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask.highlevelgraph import HighLevelGraph
 
-from dedupgraph.core.fingerprint import FingerprintMemo
-from dedupgraph.core.plan import Plan
 from dedupgraph.routes.placing import placement_for
 from dedupgraph.settings import Settings
+
+if TYPE_CHECKING:  # the pass's modules import dask internals: lazily, for dedupgraph.compat's check
+    from dedupgraph.core.fingerprint import FingerprintMemo
+    from dedupgraph.core.plan import Plan
 
 logger = logging.getLogger("dedupgraph")
 
