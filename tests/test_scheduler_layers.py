@@ -100,6 +100,24 @@ def test_plain_keys_dependencies_and_priorities(name, finalize, monkeypatch):
         assert np.array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_arrays_persisted_together_share_one_key_hoisted_in_their_layers(monkeypatch):
+    from distributed.protocol import deserialize, serialize, to_serialize
+
+    first = da.ones((12, 4), chunks=(1, 4)).map_blocks(add_len, OBJ)
+    second = (da.zeros((12, 4), chunks=(1, 4)).map_blocks(add_len, OBJ) * 2).sum()
+    header, frames = serialize(to_serialize(collections_to_expr([first, second]).optimize()), on_error="raise")
+    plain, _ = _original()(deserialize(header, frames), False)
+    calls = []
+    through_layers = Route._hoisted_in_layers
+    monkeypatch.setattr(Route, "_hoisted_in_layers", lambda *a: calls.append(1) or through_layers(*a))
+    submission = Submission(ordering={})
+    routed, _ = Route().materialize(_original(), deserialize(header, frames), False, submission)
+    hoisted = set(routed) - set(plain)
+    assert calls and len(hoisted) == 1  # one group of both graphs, one optimizer call
+    assert all(routed[key].dependencies - hoisted == node.dependencies for key, node in plain.items())
+    assert {key: submission.ordering[key] for key in plain} == dask.order.order(plain)
+
+
 def test_one_info_line_and_the_global_annotations_stay_off_the_hoisted_key(caplog):
     caplog.set_level(logging.INFO, logger="dedupgraph")
     sent = _sent(GRAPHS["map_blocks-then-sum"][0](), False)
