@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -23,7 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.core.pipeline import announce, deduplicate_graph
-from dedupgraph.routes.layer_hoisting import optimized_with_layer_hoists
+from dedupgraph.routes.layer_hoisting import Optimizer, optimized_with_layer_hoists
 from dedupgraph.routes.placing import placement_for
 from dedupgraph.settings import Settings
 
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from dedupgraph.core.fingerprint import FingerprintMemo
 
 logger = logging.getLogger("dedupgraph")
-
-Optimizer = Callable[..., Mapping[Hashable, Any]]
 
 
 class Deduplicator:
@@ -81,7 +79,7 @@ class Deduplicator:
         try:
             hoisted = (
                 optimized_with_layer_hoists(self.base, dsk, keys, kwargs, settings, memo)
-                if is_array_optimizer(self.base)
+                if self.base is not None and is_array_optimizer(self.base)
                 else None
             )
         except Exception:

@@ -35,7 +35,7 @@ Optimizer = Callable[..., Mapping[Hashable, Any]]
 
 
 def optimized_with_layer_hoists(
-    base: Optimizer | None,
+    base: Optimizer,
     dsk: Mapping[Hashable, Any],
     keys: Any,
     kwargs: dict[str, Any],
@@ -60,7 +60,7 @@ def optimized_with_layer_hoists(
     if hoisted is None:
         return None
     try:
-        out = base(hoisted.graph, keys, **kwargs)  # type: ignore[misc]
+        out = base(hoisted.graph, keys, **kwargs)
     except Exception:
         logger.debug("dedupgraph: dask's optimizer failed on the hoisted layers; the pass walks the graph", exc_info=True)
         return None
