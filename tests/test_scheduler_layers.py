@@ -63,6 +63,22 @@ def _original():
     return inspect.unwrap(distributed.scheduler._materialize_graph)
 
 
+class _LayerHoists(list):
+    """The layer hoistings the route installed that hoisted: truthy once one did."""
+
+    def __bool__(self):
+        return any(hoisting is not None and hoisting.plans for hoisting in self)
+
+
+def _layer_hoists(monkeypatch):
+    import dedupgraph.routes.scheduler_route as scheduler_route
+
+    seen = _LayerHoists()
+    install = scheduler_route.installed
+    monkeypatch.setattr(scheduler_route, "installed", lambda *a: seen.append(install(*a)) or seen[-1])
+    return seen
+
+
 def _sent(coll, finalize):
     """The expression ``Client.compute`` (``finalize``) or ``Client.persist`` sends, as the scheduler unpickles it."""
     from distributed.protocol import deserialize, serialize, to_serialize
@@ -78,9 +94,7 @@ def test_plain_keys_dependencies_and_priorities(name, finalize, monkeypatch):
     build, in_layers = GRAPHS[name]
     sent = _sent(build(), finalize)
     plain, _ = _original()(sent(), False)
-    calls = []
-    through_layers = Route._hoisted_in_layers
-    monkeypatch.setattr(Route, "_hoisted_in_layers", lambda *a: calls.append(1) or through_layers(*a))
+    calls = _layer_hoists(monkeypatch)
 
     submission = Submission(ordering={})
     routed, _ = Route().materialize(_original(), sent(), False, submission)
@@ -107,9 +121,7 @@ def test_arrays_persisted_together_share_one_key_hoisted_in_their_layers(monkeyp
     second = (da.zeros((12, 4), chunks=(1, 4)).map_blocks(add_len, OBJ) * 2).sum()
     header, frames = serialize(to_serialize(collections_to_expr([first, second]).optimize()), on_error="raise")
     plain, _ = _original()(deserialize(header, frames), False)
-    calls = []
-    through_layers = Route._hoisted_in_layers
-    monkeypatch.setattr(Route, "_hoisted_in_layers", lambda *a: calls.append(1) or through_layers(*a))
+    calls = _layer_hoists(monkeypatch)
     submission = Submission(ordering={})
     routed, _ = Route().materialize(_original(), deserialize(header, frames), False, submission)
     hoisted = set(routed) - set(plain)

@@ -20,8 +20,6 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dask.highlevelgraph import HighLevelGraph
-
 from dedupgraph.routes.placing import placement_for
 from dedupgraph.settings import Settings
 
@@ -50,8 +48,6 @@ def optimized_with_layer_hoists(
     runs, other placements (``share="host"``) or DEBUG logs (which name what
     the pass leaves inline): the pass does those.
     """
-    if not isinstance(dsk, HighLevelGraph):
-        return None
     if settings.dry_run or logger.isEnabledFor(logging.DEBUG) or placement_for(settings) is not None:
         return None
     from dedupgraph.core.blockwise_hoist import fused_as_plain, hoisted_in_layers

@@ -111,56 +111,57 @@ class Route:
             return dsk, annotations_by_type
         if layers is not None:
             submission.spent += layers.spent
-            if layers.plans:
-                return self._hoisted_in_layers(dsk, annotations_by_type, layers, settings, submission)  # type: ignore[arg-type]
         try:
-            with _spending(submission):
-                out = self.deduplicated(dsk, settings, submission, memo)  # type: ignore[arg-type]
-                if out is not dsk:
-                    keep_plain([key for key in out if key not in dsk], out, annotations_by_type, submission)
-            if out is not dsk and submission.ordering is not None and not _culled_later(expr):
-                # instead of distributed's own; the collector paused as in the pass: the
-                # graph was just built, and walking its young objects again and again
-                # costs more than the pass (measured, 60,000 array tasks, best of 3: dask.order
-                # took 2.1 s of CPU paused, 2.9 s on, and 3.1 s on right after the pass)
-                with collection_paused(len(dsk)):
-                    order_as_plain(dsk, out, submission.ordering)
+            if layers is not None and layers.plans:
+                # dask's optimizer ran on hoisted layers: no walk, no pass (and, were there a call
+                # that declined, its tasks stay as dask made them: the pass must not meet a key
+                # hoisted already)
+                out = dsk
+                with _spending(submission):
+                    hoisted = [h.key for plan in layers.plans for h in plan.hoists.values() if h.key in dsk]
+                    for plan in layers.plans:
+                        announce(plan, settings)  # type: ignore[arg-type]
+                plain = (lambda: as_plain_shapes(dsk, set(hoisted))) if layers.applied else None
+            else:
+                with _spending(submission):
+                    out = self.deduplicated(dsk, settings, submission, memo)  # type: ignore[arg-type]
+                if out is dsk:
+                    return dsk, annotations_by_type
+                hoisted = [key for key in out if key not in dsk]
+                plain = None if _culled_later(expr) else (lambda: dsk)
+            self._as_plain(out, hoisted, plain, annotations_by_type, submission)
             return out, annotations_by_type
         except Exception:
-            logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
+            logger.warning("dedupgraph scheduler route failed; graph left as distributed materialized it", exc_info=True)
             if submission.ordering:
                 submission.ordering.clear()  # distributed orders the graph itself
             return dsk, annotations_by_type
 
-    def _hoisted_in_layers(
-        self, dsk: Graph, annotations_by_type: AnnotationsByType, layers: LayerHoisting, settings: Settings, submission: Submission
-    ) -> tuple[Graph, AnnotationsByType]:
-        """What :meth:`materialize` returns where dask's optimizer ran on hoisted layers: no walk, no pass.
+    @staticmethod
+    def _as_plain(
+        out: Graph,
+        hoisted: list[Hashable],
+        plain: Callable[[], Graph] | None,
+        annotations_by_type: AnnotationsByType,
+        submission: Submission,
+    ) -> None:
+        """Keep ``out``'s tasks as plain dask has them: annotations, and the priorities of ordering ``plain()``.
 
-        A graph holds one such call (``installed``); were there another that
-        declined, its tasks would stay as dask made them, correct, and not
-        walked: the pass must not meet a key hoisted already.
+        ``plain``: plain dask's graph as ``dask.order`` sees it, or None where
+        distributed must order (it culls a low-level graph first).
         """
-        try:
-            with _spending(submission):
-                hoisted = [h.key for plan in layers.plans for h in plan.hoists.values() if h.key in dsk]
-                keep_plain(hoisted, dsk, annotations_by_type, submission)
-                for plan in layers.plans:
-                    announce(plan, settings)
-            if layers.applied and submission.ordering is not None:
-                # paused, as for the pass: a new object per carrying task, in a heap the
-                # graph just filled, would set off full collections (measured, 60,000
-                # array tasks: 0.1 s of CPU for the shapes, up to 0.8 s collecting)
-                with collection_paused(len(dsk)):
-                    with _spending(submission):
-                        shapes = as_plain_shapes(dsk, set(hoisted))
-                    order_as_plain(shapes, dsk, submission.ordering)
-        except Exception:
-            # the graph is whole: the hoisted keys are data its tasks refer to
-            logger.warning("dedupgraph scheduler route failed after hoisting in the layers; graph left as is", exc_info=True)
-            if submission.ordering:
-                submission.ordering.clear()  # distributed orders the graph itself
-        return dsk, annotations_by_type
+        with _spending(submission):
+            keep_plain(hoisted, out, annotations_by_type, submission)
+        if plain is not None and submission.ordering is not None:
+            # instead of distributed's own, with the collector paused as in the pass: the graph
+            # was just built, and walking its young objects again and again costs more than the
+            # pass (measured, 60,000 array tasks, best of 3: dask.order took 2.1 s of CPU paused,
+            # 2.9 s on, 3.1 s on right after the pass; building the shapes of the layer hoisting
+            # with it on set off full collections, up to 0.8 s)
+            with collection_paused(len(out)):
+                with _spending(submission):
+                    graph = plain()
+                order_as_plain(graph, out, submission.ordering)
 
     def deduplicated(
         self, dsk: Graph, settings: Settings, submission: Submission, memo: FingerprintMemo | None = None
