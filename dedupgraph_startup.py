@@ -8,8 +8,9 @@ runs at interpreter start-up; only when the variable holds a true value
 :func:`install`.  Otherwise nothing is imported at all.
 
 This is deliberately a top-level module that imports neither dask nor
-dedupgraph: importing dask costs a process 0.1 s (0.18 s with dedupgraph,
-measured), which only a program that imports dask itself should pay.  :func:`install`
+dedupgraph: importing dask costs a process a noticeable start-up time
+(docs/benchmarks.rst, "Measurements behind the code"), which only a program
+that imports dask itself should pay.  :func:`install`
 waits for that import and then enables the pass, so ``import dask`` (or
 ``import dask.array``, or ``from distributed import Client``) is all that a
 program needs.
@@ -23,7 +24,7 @@ import sys
 import warnings
 
 # Only names the interpreter has loaded anyway: importlib.abc alone would
-# pull in importlib.resources and pathlib, 8 ms at every start-up.
+# pull in importlib.resources and pathlib, at every start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import importlib.machinery
@@ -67,16 +68,15 @@ def activate() -> None:
         import dask.config
 
         import dedupgraph
+        from dedupgraph.routes.activation import CLIENT_PRELOAD, CLIENT_PRELOADS_KEY, preload_list
 
         dedupgraph.enable()
-        # Every new Client first checks that its scheduler can import
-        # dedupgraph, and switches the pass off (with one warning) if not:
+        # Every new Client first checks that its scheduler and workers run
+        # this dedupgraph, and switches the pass off (with one warning) if not:
         # the scheduler unpickles the pass with every graph.
-        preloads = dask.config.get("distributed.client.preload", None) or []
-        if isinstance(preloads, str):
-            preloads = [preloads]
-        if "dedupgraph.preload" not in preloads:
-            dask.config.set({"distributed.client.preload": [*preloads, "dedupgraph.preload"]})
+        preloads = preload_list(dask.config.get(CLIENT_PRELOADS_KEY, None))
+        if CLIENT_PRELOAD not in preloads:
+            dask.config.set({CLIENT_PRELOADS_KEY: [*preloads, CLIENT_PRELOAD]})
     except Exception as e:  # noqa: BLE001  (reported, never raised: see above)
         warnings.warn(f"{VARIABLE} is set, but dedupgraph could not be enabled: {e!r}", RuntimeWarning, stacklevel=2)
 

@@ -59,7 +59,7 @@ import pandas as pd
 from distributed import Client, LocalCluster, wait
 
 import dedupgraph
-from dedupgraph.routes import shared_memory
+from dedupgraph.placement import segments
 
 from . import pss_sampler
 
@@ -171,15 +171,15 @@ def segment_directory() -> Iterator[Path]:
     """A fresh directory on /dev/shm for the segments, named by DEDUPGRAPH_SHM_DIR for the workers too."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     path = Path(tempfile.mkdtemp(prefix="bench-host-memory-", dir=base))
-    saved = os.environ.get(shared_memory.DIR_VARIABLE)
-    os.environ[shared_memory.DIR_VARIABLE] = str(path)
+    saved = os.environ.get(segments.DIR_VARIABLE)
+    os.environ[segments.DIR_VARIABLE] = str(path)
     try:
         yield path
     finally:
         if saved is None:
-            os.environ.pop(shared_memory.DIR_VARIABLE, None)
+            os.environ.pop(segments.DIR_VARIABLE, None)
         else:
-            os.environ[shared_memory.DIR_VARIABLE] = saved
+            os.environ[segments.DIR_VARIABLE] = saved
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -301,7 +301,7 @@ def _warm_up() -> None:
     import dask.array  # noqa: F401
     import pandas  # noqa: F401
 
-    import dedupgraph.routes.host_share  # noqa: F401
+    import dedupgraph.placement.host  # noqa: F401
 
 
 # --- the whole run, and its outputs

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-PREFIX = "dedupgraph-"  # dedupgraph.routes.shared_memory.PREFIX, not imported: this module imports nothing
+PREFIX = "dedupgraph-"  # dedupgraph.placement.segments.PREFIX, not imported: this module imports nothing
 
 
 def smaps_rollup(pid: int) -> dict[str, int]:

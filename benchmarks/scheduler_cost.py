@@ -11,7 +11,7 @@ persisted) and scenario (``none``: ``obj`` is a small int; ``shared``: one
 two modes, a freshly unpickled copy is timed through what
 ``Scheduler.update_graph`` runs in its thread: ``plain``, distributed's
 ``_materialize_graph`` then ``dask.order.order``; ``route``, the same
-through ``dedupgraph.routes.scheduler_route.Route`` (the config route absent: the client
+through ``dedupgraph.routes.distributed.submissions.Route`` (the config route absent: the client
 ships no pass), with the route ordering the graph where it does so on the
 scheduler.  ``gc.collect()`` before each timing.  Targets (issue 11): at
 most +5% for ``none``, +10% for ``shared``.
@@ -21,22 +21,27 @@ thread's computation, and CPU time does not count the time other processes
 on a shared machine take from it.  Shown: the best and the median of
 ``--repeat`` runs of each mode compared, and, judged against the target,
 the CPU time of the route's own work in each of its runs over the rest of
-that same run (``Submission.spent``): on a loaded machine one run can be
-slowed against the next by 10% or more, whereas both parts of one run see
-the same conditions.  Median wall times are shown too.
+that same run (:func:`handled`: the run less the time spent in distributed's
+materialization, dask's optimizer and ``dask.order``, each timed here): on a
+loaded machine one run can be slowed against the next by 10% or more,
+whereas both parts of one run see the same conditions.  Median wall times
+are shown too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask
+import dask.order
 import dask.array as da
 import dask.dataframe as dd
 import numpy as np
@@ -45,7 +50,8 @@ from dask.base import collections_to_expr
 from distributed.protocol import deserialize, serialize, to_serialize
 
 from .seed import Mapper
-from dedupgraph.routes.scheduler_route import Route, Submission
+from dedupgraph.core.layer_hoisting import LayerHoisting
+from dedupgraph.routes.distributed.submissions import Route, Submission
 
 COLLECTIONS = ("array", "dataframe")
 SCENARIOS = ("none", "shared")
@@ -99,7 +105,7 @@ class Row:
     route_median_s: float = 0.0
     plain_wall_s: float = 0.0  #: median wall time
     route_wall_s: float = 0.0
-    #: median, over the route's runs, of the CPU time of its own work (``Submission.spent``)
+    #: median, over the route's runs, of the CPU time of its own work (:func:`handled`)
     #: over the rest of the same run (materializing and ordering): immune to what other
     #: processes do to one run against another
     own_share: float = 0.0
@@ -138,13 +144,13 @@ def measure(collection: str, scenario: str, tasks: int, repeat: int = 3) -> Row:
                 dask.order.order(dsk)
             else:  # as Scheduler.update_graph runs it with the route
                 submission = Submission(ordering={})
-                dsk, _ = route.materialize(original, expr, False, submission)
+                dsk, own = handled(route, original, expr, submission)
                 if not submission.ordering:
                     dask.order.order(dsk)
             times[mode].append(time.process_time() - start)
             walls[mode].append(time.perf_counter() - wall)
             if mode == "route":
-                shares.append(submission.spent / (times[mode][-1] - submission.spent))
+                shares.append(own / (times[mode][-1] - own))
             if mode == "route":
                 hoisted = sum(1 for k in dsk if isinstance(k, str) and k.startswith("dedup-"))
             else:
@@ -156,6 +162,57 @@ def measure(collection: str, scenario: str, tasks: int, repeat: int = 3) -> Row:
         median(times["plain"]), median(times["route"]), median(walls["plain"]), median(walls["route"]),
         median(shares),
     )
+
+
+def handled(route: Route, materialize: Callable[..., Any], expr: Any, submission: Submission) -> tuple[dict[Any, Any], float]:
+    """``route.handle(materialize, expr, False, submission)``'s graph, and the CPU time of the route's own work in it.
+
+    Own work: the call's thread CPU time less what distributed and dask do in
+    it, which runs with or without the route: ``materialize``, and
+    ``dask.order.order`` (the route orders in distributed's place), each
+    timed here, less the layer hoisting's work, which runs inside
+    ``materialize`` when dask's optimizer is called, and is the route's.
+    """
+    with _theirs_timed() as theirs:
+        start = time.thread_time()
+        dsk, _ = route.handle(_timed(materialize, theirs, +1), expr, False, submission)
+        total = time.thread_time() - start
+    return dsk, total - theirs[0]
+
+
+@contextlib.contextmanager
+def _theirs_timed() -> Iterator[list[float]]:
+    """``[seconds]`` that dask's ordering and the layer hoisting's calls of dask's optimizer add up to, meanwhile."""
+    theirs = [0.0]
+    order, call = dask.order.order, LayerHoisting.__call__
+
+    def hoisting(self: LayerHoisting, *args: Any, **kwargs: Any) -> Any:
+        # inside materialize, which counts as theirs: the hoisting's own part is ours again
+        base = self.base
+        self.base = _timed(base, theirs, +1)
+        try:
+            return _timed(call, theirs, -1)(self, *args, **kwargs)
+        finally:
+            self.base = base
+
+    dask.order.order = _timed(order, theirs, +1)
+    LayerHoisting.__call__ = hoisting  # type: ignore[method-assign]
+    try:
+        yield theirs
+    finally:
+        dask.order.order, LayerHoisting.__call__ = order, call  # type: ignore[method-assign]
+
+
+def _timed(func: Callable[..., Any], into: list[float], sign: int) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            into[0] += sign * (time.thread_time() - start)
+
+    return run
 
 
 def markdown(rows: Sequence[Row]) -> str:

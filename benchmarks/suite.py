@@ -58,7 +58,7 @@ from distributed.diagnostics import MemorySampler
 from distributed.protocol.pickle import dumps as distributed_dumps
 
 import dedupgraph
-from dedupgraph.routes.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE, with_preload
+from dedupgraph.routes.activation import SCHEDULER_PRELOADS_KEY, SCHEDULER_PRELOAD, with_preload
 from dedupgraph.core.pipeline import deduplicate_graph
 from . import overhead
 from .host_memory import Part as HostMemoryPart
@@ -215,9 +215,9 @@ def cluster(mode: str = "plain") -> contextlib.AbstractContextManager[Client]:
     """The cell's cluster; in ``scheduler`` mode its scheduler runs the route (a scheduler preload)."""
     if mode != "scheduler":
         return local_cluster(memory_limit="4GiB")
-    preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS, None), SCHEDULER_ROUTE)
+    preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS_KEY, None), SCHEDULER_PRELOAD)
     stack = contextlib.ExitStack()
-    with dask.config.set({SCHEDULER_PRELOADS: preloads}):  # read when the scheduler starts
+    with dask.config.set({SCHEDULER_PRELOADS_KEY: preloads}):  # read when the scheduler starts
         client = stack.enter_context(local_cluster(memory_limit="4GiB"))
 
     @contextlib.contextmanager

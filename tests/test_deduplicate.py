@@ -27,7 +27,7 @@ from distributed.diagnostics import MemorySampler
 import dedupgraph
 from dedupgraph.routes.deduplicate import deduplicate
 from dedupgraph.core.pipeline import task_graph
-from dedupgraph.routes.scatter import HoldingLayer, ScatteredRef
+from dedupgraph.placement.scatter import HoldingLayer, ScatteredRef
 
 from payloads import Mapper, hoisted_keys, payload, uses_mapper
 

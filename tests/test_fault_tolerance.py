@@ -27,7 +27,7 @@ from dask import delayed
 from distributed import Client, LocalCluster, wait
 
 import dedupgraph
-from dedupgraph.routes.scatter import ScatteredObjectLost
+from dedupgraph.placement.scatter import ScatteredObjectLost
 
 from payloads import Mapper, hoisted_keys, optimized_graph, uses_mapper
 

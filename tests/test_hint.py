@@ -15,6 +15,7 @@ from dask.callbacks import Callback
 from distributed import Client, LocalCluster
 
 import dedupgraph
+from dedupgraph.once import Once
 from dedupgraph.tools import hint
 
 from payloads import Mapper, uses_mapper
@@ -29,7 +30,7 @@ def fresh(monkeypatch, caplog):
     Installed again: dask drops its global callbacks when computations run
     concurrently in threads (test_concurrency does), see dedupgraph.tools.hint.
     """
-    monkeypatch.setattr(hint, "_given", False)
+    monkeypatch.setattr(hint, "_given", Once())
     monkeypatch.setattr(Callback, "active", set(Callback.active))
     preloads = dask.config.get("distributed.scheduler.preload", [])
     hint.install()

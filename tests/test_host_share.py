@@ -31,10 +31,10 @@ from dask import delayed
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, wait
 
 import dedupgraph
-from dedupgraph.routes import host_share
-from dedupgraph.routes import shared_memory
+from dedupgraph.placement import host as host_share
+from dedupgraph.placement import segments as shared_memory
 from dedupgraph.core.pipeline import deduplicate_graph
-from dedupgraph.routes.placing import placement_for
+from dedupgraph.placement import in_graph as placement_for
 from dedupgraph.settings import Settings
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX shared memory: Linux only")
@@ -264,11 +264,11 @@ def test_a_worker_killed_mid_computation_gives_correct_results(client, shm):
 
 def test_the_scheduler_route_shares_per_host_too():
     """Nothing switched on in the client: the scheduler's preload runs the pass, with its config."""
-    from dedupgraph.routes.activation import SCHEDULER_PRELOADS, SCHEDULER_ROUTE
+    from dedupgraph.routes.activation import SCHEDULER_PRELOADS_KEY, SCHEDULER_PRELOAD
 
     table = Table(seed=11.0)
     with segment_dir() as shm:
-        with dask.config.set({SCHEDULER_PRELOADS: [SCHEDULER_ROUTE], "dedupgraph.share": "host"}):
+        with dask.config.set({SCHEDULER_PRELOADS_KEY: [SCHEDULER_PRELOAD], "dedupgraph.share": "host"}):
             with cluster(2) as lc, Client(lc):
                 probes = dask.compute(*[delayed(probe)(i, table, 0.05) for i in range(8)])
         assert [p["value"] for p in probes] == expected_probes(table, 8)
@@ -340,7 +340,7 @@ def _crashed_process_leftover() -> str:
     """A segment whose only user was killed: what a crashed host leaves."""
     code = """
         import os, signal
-        from dedupgraph.routes import shared_memory as sm
+        from dedupgraph.placement import segments as sm
         view = sm.create("ab" * 16, 4096, 0.5, lambda write: write(0, b"x" * 4096))
         print(sm.segment_name("ab" * 16), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,6 +1,9 @@
 """The package's layout: three wings, no import circles, no private names across modules.
 
-- ``dedupgraph.core``, the pass, imports nothing of the routes or the tools;
+- ``dedupgraph.core``, the pass, imports nothing of the routes, placement or the tools;
+- ``dedupgraph.placement`` (where a hoisted object lives) imports no route or tool,
+  and the routes reach it through its one entry point, the package itself;
+- each folder holds about a dozen modules at most;
 - no module imports, directly or through others, a module that imports it;
 - no module uses another dedupgraph module's private (underscore) names;
 - every module imports on its own in a fresh interpreter, and importing
@@ -28,7 +31,7 @@ import dedupgraph
 PACKAGE = Path(dedupgraph.__file__).parent
 STARTUP = PACKAGE.parent / "dedupgraph_startup.py"
 # the pass may use these besides itself: settings and the dask internals it is built on
-CORE_MAY_IMPORT = ("dedupgraph.core", "dedupgraph.settings", "dedupgraph.compat")
+CORE_MAY_IMPORT = ("dedupgraph.core", "dedupgraph.settings", "dedupgraph.compat", "dedupgraph.once")
 
 
 def module_files() -> dict[str, Path]:
@@ -116,7 +119,7 @@ def test_no_import_circles():
     assert circles(import_graph()) == []
 
 
-def test_the_pass_imports_nothing_of_the_routes_or_the_tools():
+def test_the_pass_imports_nothing_of_the_routes_placement_or_the_tools():
     graph = import_graph()
     wrong = {
         name: sorted(m for m in imports if m.startswith("dedupgraph") and not m.startswith(CORE_MAY_IMPORT))
@@ -126,11 +129,52 @@ def test_the_pass_imports_nothing_of_the_routes_or_the_tools():
     assert {name: ms for name, ms in wrong.items() if ms} == {}
 
 
-def test_the_three_wings_exist_and_hold_the_stages_routes_and_tools():
+def test_the_three_wings_exist_and_hold_the_stages_routes_placement_and_tools():
     names = set(MODULES)
-    assert {f"dedupgraph.core.{m}" for m in ("fingerprint", "candidates", "plan", "rewrite", "pipeline")} <= names
-    assert {f"dedupgraph.routes.{m}" for m in ("config", "activation", "client_preload", "scheduler", "deduplicate", "host_share")} <= names
+    stages = ("fingerprint", "candidates", "plan", "rewrite", "pipeline", "layer_hoisting", "optimizers")
+    assert {f"dedupgraph.core.{m}" for m in stages} <= names
+    assert {f"dedupgraph.routes.{m}" for m in ("config", "activation", "deduplicate", "materialize")} <= names
+    distributed = ("client", "wire", "plugin", "hook", "submissions")
+    assert {f"dedupgraph.routes.distributed.{m}" for m in distributed} <= names
+    assert {f"dedupgraph.placement.{m}" for m in ("scatter", "host", "segments")} <= names
     assert {f"dedupgraph.tools.{m}" for m in ("report", "hint", "cli")} <= names
+
+
+def test_placement_imports_no_route_or_tool():
+    graph = import_graph()
+    wrong = {
+        name: sorted(m for m in imports if m.startswith(("dedupgraph.routes", "dedupgraph.tools")))
+        for name, imports in graph.items()
+        if name.startswith("dedupgraph.placement")
+    }
+    assert {name: ms for name, ms in wrong.items() if ms} == {}
+
+
+def test_the_routes_reach_placement_through_its_entry_point_only():
+    graph = import_graph()
+    wrong = {
+        name: sorted(m for m in imports if m.startswith("dedupgraph.placement."))
+        for name, imports in graph.items()
+        if not name.startswith("dedupgraph.placement")
+        and not name.startswith("dedupgraph.benchmarks")  # the benchmarks measure segments themselves
+    }
+    assert {name: ms for name, ms in wrong.items() if ms} == {}
+
+
+def test_each_folder_holds_about_a_dozen_modules_at_most():
+    folders: dict[str, int] = {}
+    for name, path in MODULES.items():
+        if path.name != "__init__.py" and name.startswith("dedupgraph."):
+            folders[name.rsplit(".", 1)[0]] = folders.get(name.rsplit(".", 1)[0], 0) + 1
+    assert {folder: n for folder, n in folders.items() if n > 13} == {}
+
+
+def test_one_graph_alias_and_no_flag_under_a_lock_but_once():
+    # one name and one home per idea: the task graph's type, and "say it once per process"
+    homes = {name for name, path in MODULES.items() if "\nGraph = " in path.read_text()}
+    assert homes == {"dedupgraph.core.pipeline"}
+    flags = {name for name, path in MODULES.items() if "_warned" in path.read_text() or "_told = False" in path.read_text()}
+    assert flags == set()
 
 
 def private_uses(name: str, tree: ast.AST) -> list[str]:
@@ -156,8 +200,8 @@ def private_uses(name: str, tree: ast.AST) -> list[str]:
 
 
 def test_the_private_name_reader_sees_both_spellings():
-    tree = ast.parse("from dedupgraph.core.plan import _x\nfrom dedupgraph.routes import host_share as h\nh._y()\n")
-    assert private_uses("dedupgraph.tools.report", tree) == ["dedupgraph.core.plan._x", "dedupgraph.routes.host_share._y"]
+    tree = ast.parse("from dedupgraph.core.plan import _x\nfrom dedupgraph.placement import host as h\nh._y()\n")
+    assert private_uses("dedupgraph.tools.report", tree) == ["dedupgraph.core.plan._x", "dedupgraph.placement.host._y"]
 
 
 def test_no_module_uses_another_modules_private_names():

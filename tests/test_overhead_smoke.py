@@ -37,3 +37,13 @@ def test_command_line_prints_a_row_per_scenario():
         timeout=300,
     ).stdout
     assert {line.split("|")[1].strip() for line in out.splitlines()[2:]} == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", ["none", "shared"])
+def test_the_scheduler_routes_own_work_is_timed_by_the_benchmark_alone(scenario):
+    # the route keeps no accounts: the benchmark times what is not the route's
+    from dedupgraph.benchmarks import scheduler_cost
+
+    row = scheduler_cost.measure("array", scenario, 2000, repeat=1)
+    assert row.hoisted == (scenario == "shared")
+    assert 0 < row.own_share < 1

@@ -26,8 +26,9 @@ from dask import delayed
 from distributed import Client, LocalCluster
 
 import dedupgraph
-import dedupgraph.routes.client_preload as preload
-from dedupgraph.routes import courier
+import dedupgraph.routes.distributed.client as preload
+from dedupgraph.once import Once
+from dedupgraph.routes.distributed import client as courier
 
 TESTS_DIR = Path(__file__).resolve().parent
 BIG = bytes(range(256)) * 1200  # 300 KB, carried by every task below (bytes: delayed does not traverse them)
@@ -92,7 +93,7 @@ def _wait_for(file: Path, timeout: float = 60) -> None:
 @pytest.fixture
 def fresh_warning(monkeypatch):
     """The once-per-process warning, as in a new process."""
-    monkeypatch.setattr(preload, "_warned", False)
+    monkeypatch.setattr(preload, "_problem_told", Once())
 
 
 def _big_tasks():

@@ -19,8 +19,8 @@ from dask.local import get_sync
 
 from dedupgraph.core.fingerprint import FingerprintMemo
 from dedupgraph.core.pipeline import deduplicate_graph
-from dedupgraph.routes.scheduler_layers import LayerHoisting, installed
-from dedupgraph.routes.scheduler_route import Route, Submission
+from dedupgraph.core.layer_hoisting import LayerHoisting, installed
+from dedupgraph.routes.distributed.submissions import Route, Submission
 from dedupgraph.settings import Settings
 
 from payloads import Mapper
@@ -71,7 +71,7 @@ class _LayerHoists(list):
 
 
 def _layer_hoists(monkeypatch):
-    import dedupgraph.routes.scheduler_route as scheduler_route
+    import dedupgraph.routes.distributed.submissions as scheduler_route
 
     seen = _LayerHoists()
     install = scheduler_route.installed
@@ -97,7 +97,7 @@ def test_plain_keys_dependencies_and_priorities(name, finalize, monkeypatch):
     calls = _layer_hoists(monkeypatch)
 
     submission = Submission(ordering={})
-    routed, _ = Route().materialize(_original(), sent(), False, submission)
+    routed, _ = Route().handle(_original(), sent(), False, submission)
 
     assert bool(calls) is in_layers
     hoisted = set(routed) - set(plain)
@@ -108,7 +108,6 @@ def test_plain_keys_dependencies_and_priorities(name, finalize, monkeypatch):
     priorities = dask.order.order(plain)
     assert {key: submission.ordering[key] for key in plain} == priorities
     assert all(submission.ordering[key] < min(priorities.values()) for key in hoisted)
-    assert submission.spent > 0
     keys = list(plain) if finalize else [k for k in plain if not any(k in n.dependencies for n in plain.values())]
     for got, want in zip(get_sync(routed, keys), get_sync(plain, keys)):
         assert np.array_equal(np.asarray(got), np.asarray(want))
@@ -123,7 +122,7 @@ def test_arrays_persisted_together_share_one_key_hoisted_in_their_layers(monkeyp
     plain, _ = _original()(deserialize(header, frames), False)
     calls = _layer_hoists(monkeypatch)
     submission = Submission(ordering={})
-    routed, _ = Route().materialize(_original(), deserialize(header, frames), False, submission)
+    routed, _ = Route().handle(_original(), deserialize(header, frames), False, submission)
     hoisted = set(routed) - set(plain)
     assert calls and len(hoisted) == 1  # one group of both graphs, one optimizer call
     assert all(routed[key].dependencies - hoisted == node.dependencies for key, node in plain.items())
@@ -134,7 +133,7 @@ def test_one_info_line_and_the_global_annotations_stay_off_the_hoisted_key(caplo
     caplog.set_level(logging.INFO, logger="dedupgraph")
     sent = _sent(GRAPHS["map_blocks-then-sum"][0](), False)
     submission = Submission(ordering={}, annotations={"retries": 2})
-    routed, annotations = Route().materialize(_original(), sent(), False, submission)
+    routed, annotations = Route().handle(_original(), sent(), False, submission)
     hoisted = [key for key in routed if str(key).startswith("dedup-")]
     assert len(hoisted) == 1
     assert annotations["retries"] == {key: 2 for key in routed if key not in hoisted}
@@ -146,11 +145,11 @@ def test_a_failure_while_hoisting_in_the_layers_falls_back_to_the_pass_with_one_
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("dedupgraph.core.blockwise_hoist.hoisted_in_layers", broken)
+    monkeypatch.setattr("dedupgraph.core.layer_hoisting.hoisted_in_layers", broken)
     sent = _sent(GRAPHS["map_blocks-then-sum"][0](), False)
     plain, _ = _original()(sent(), False)
     submission = Submission(ordering={})
-    routed, _ = Route().materialize(_original(), sent(), False, submission)
+    routed, _ = Route().handle(_original(), sent(), False, submission)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "hoisting in the layers failed" in warnings[0].getMessage()
     assert set(routed) == set(deduplicate_graph(plain, Settings()))  # the pass ran

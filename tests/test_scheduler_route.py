@@ -23,13 +23,15 @@ from dask import delayed
 from distributed import Client, LocalCluster, futures_of
 
 import dedupgraph
+from dedupgraph.once import Once
 from dedupgraph.tools import hint
 from dedupgraph.core.fingerprint import content_fingerprint
-from dedupgraph.routes.interception import interception_problem, materialize_held
+from dedupgraph.routes.distributed.hook import interception_problem, materialize_held
 from dedupgraph.core.pipeline import deduplicate_graph, task_graph
 from dedupgraph.core.plan import hoisted_key
 from dedupgraph.core.prescan import nothing_large
-from dedupgraph.routes.scheduler import PRELOAD, route_on
+from dedupgraph.routes.activation import SCHEDULER_PRELOAD as PRELOAD
+from dedupgraph.routes.distributed.plugin import route_on
 from dedupgraph.settings import Settings
 
 from payloads import CASES, Mapper, case_settings
@@ -277,7 +279,7 @@ def test_a_scheduler_without_the_route_in_the_same_process_is_untouched(route, p
 
 
 def test_a_scheduler_with_the_route_is_never_sampled_for_the_hint(route, monkeypatch, caplog):
-    monkeypatch.setattr(hint, "_given", False)
+    monkeypatch.setattr(hint, "_given", Once())
     route.run_on_scheduler(lambda dask_scheduler: hint.dask_setup(dask_scheduler))  # the hint switched on there too (hint.install() does it)
     caplog.set_level(logging.INFO, logger="dedupgraph")
     # the route hoists nothing: 60 copies (14 MB) stay, over hint-bytes, and it must not look
@@ -290,7 +292,7 @@ def test_a_scheduler_with_the_route_is_never_sampled_for_the_hint(route, monkeyp
 
 
 def test_a_scheduler_without_the_route_hints_for_any_client(monkeypatch, caplog):
-    monkeypatch.setattr(hint, "_given", False)
+    monkeypatch.setattr(hint, "_given", Once())
     caplog.set_level(logging.INFO, logger="dedupgraph")
     with dask.config.set({"distributed.scheduler.preload": [], "distributed.client.preload": ["dedupgraph.preload"]}):
         with LocalCluster(n_workers=1, processes=False, dashboard_address=":0", silence_logs=False) as cluster:
@@ -453,7 +455,7 @@ def test_the_route_hoists_what_the_pass_hoists_and_computes_the_same(case, caplo
     from dask.core import flatten
     from dask.local import get_sync
 
-    from dedupgraph.routes.scheduler_route import Route, Submission
+    from dedupgraph.routes.distributed.submissions import Route, Submission
 
     caplog.set_level(logging.INFO, logger="dedupgraph")
     chosen = case_settings(case)
@@ -464,7 +466,7 @@ def test_the_route_hoists_what_the_pass_hoists_and_computes_the_same(case, caplo
     expected = deduplicate_graph(plain, Settings(**chosen))
     caplog.clear()
     with dask.config.set({f"dedupgraph.{k.replace('_', '-')}": v for k, v in chosen.items()}):
-        routed, _ = Route().materialize(original, _expr(coll), False, Submission(ordering={}))
+        routed, _ = Route().handle(original, _expr(coll), False, Submission(ordering={}))
     assert set(routed) == set(expected) and set(routed) - set(plain)
     assert len([r for r in caplog.records if r.getMessage().startswith("hoisted 1 object")]) == 1
     got, want = get_sync(routed, keys), get_sync(plain, keys)

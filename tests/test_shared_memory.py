@@ -1,4 +1,4 @@
-"""Shared-memory segments (dedupgraph.routes.shared_memory): made, mapped, locked, removed.
+"""Shared-memory segments (dedupgraph.placement.segments): made, mapped, locked, removed.
 
 Real files in a directory of /dev/shm of their own (DEDUPGRAPH_SHM_DIR), real
 processes for everything that concerns more than one.
@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import pytest
 
-from dedupgraph.routes import shared_memory as sm
+from dedupgraph.placement import segments as sm
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX shared memory: Linux only")
 
@@ -143,7 +143,7 @@ def test_racing_writers_publish_one_segment(shm):
 
 ATTACH_AND_WAIT = """
     import sys
-    from dedupgraph.routes import shared_memory as sm
+    from dedupgraph.placement import segments as sm
     view = sm.attach(sys.argv[1], int(sys.argv[2]))
     print("none" if view is None else bytes(view[:4]).decode(), flush=True)
     sys.stdin.read()   # hold it until told
@@ -167,7 +167,7 @@ def test_a_killed_holder_leaves_a_segment_that_the_next_release_removes(shm):
     killed = run_python(
         """
         import os, signal, sys
-        from dedupgraph.routes import shared_memory as sm
+        from dedupgraph.placement import segments as sm
         view = sm.create(sys.argv[1], 16, 0.5, lambda write: write(0, b"z" * 16))
         print("made", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -188,7 +188,7 @@ def test_a_killed_holder_leaves_a_segment_that_the_next_release_removes(shm):
 def test_leftovers_of_crashed_processes_are_swept_and_live_ones_are_not(shm):
     code = """
         import os, signal, sys
-        from dedupgraph.routes import shared_memory as sm
+        from dedupgraph.placement import segments as sm
         writer = sm.SegmentWriter(sys.argv[1], 16, 0.5)
         writer.__enter__()                    # reserved, never published: an unfinished one
         view = sm.create(sys.argv[2], 16, 0.5, lambda write: write(0, b"y" * 16))

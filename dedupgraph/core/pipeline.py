@@ -37,6 +37,9 @@ if not MISSING_INTERNALS:  # without them the stages cannot even be imported: th
 
 logger = logging.getLogger("dedupgraph")
 
+#: A materialized task graph, as the pass reads and writes it: key -> ``dask._task_spec`` node
+Graph = dict[Hashable, "GraphNode"]
+
 def deduplicate_graph(
     dsk: Mapping[Hashable, Any], settings: Settings, place: Place | None = None, memo: FingerprintMemo | None = None
 ) -> Mapping[Hashable, Any]:
@@ -121,8 +124,9 @@ def collection_paused(ntasks: int) -> Iterator[None]:
 
     The rewrite builds one node per carrying task right after dask built the
     whole graph, whose objects still fill the young generations: automatic
-    collections then walk the graph again and again (measured: the rewrite
-    of 20,000 tasks took 0.41 s instead of 0.12 s).  The pass makes no
+    collections then walk the graph again and again, which can take longer
+    than the rewrite itself (docs/benchmarks.rst, "Measurements behind the
+    code").  The pass makes no
     reference cycles, so nothing waits for the collector.  Concurrent passes
     are safe: only a pass that found the collector on turns it back on.
     """
@@ -136,7 +140,7 @@ def collection_paused(ntasks: int) -> Iterator[None]:
         gc.enable()
 
 
-def task_graph(dsk: Mapping[Hashable, Any]) -> dict[Hashable, GraphNode]:
+def task_graph(dsk: Mapping[Hashable, Any]) -> Graph:
     """A plain dict of ``GraphNode``s; entries that are already nodes keep their identity."""
     graph = ensure_dict(dsk)
     if all(isinstance(v, GraphNode) for v in graph.values()):

@@ -16,7 +16,7 @@ will carry appears once: a ``Blockwise`` layer holds one template task and
 its literal arguments for all of its blocks; a ``MaterializedLayer`` holds
 its tasks.  Reading those is much cheaper than walking the materialized
 graph, where a fused blockwise task repeats its template for every block
-(measured, 60,000 array tasks: about 0.05 s against 0.45 s of CPU).  If
+(docs/benchmarks.rst, "Measurements behind the code").  If
 nothing there is as large as ``min-bytes``, the pass would hoist nothing:
 the route skips it.
 
@@ -34,12 +34,13 @@ never new large values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dask._task_spec import DataNode, GraphNode, Task
 
 from dedupgraph.core.fingerprint import FingerprintMemo, is_obviously_small
+from dedupgraph.core.optimizers import is_dask_optimizer
 from dedupgraph.settings import Settings
 from dedupgraph.core.transform import SMALL_CONTAINER_LEN, walk_leaves
 
@@ -51,40 +52,8 @@ class _Large(Exception):
     """Something as large as ``min-bytes``, or not known to be small: the pass must look."""
 
 
-#: dask's own low-level optimizer of each collection, as (module, name): culling
-#: and fusion build new tasks from the values in a graph, never new large values
-DASK_OPTIMIZERS = {
-    "array": ("dask.array.optimization", "optimize"),
-    "delayed": ("dask.delayed", "optimize"),
-    "bag": ("dask.bag.core", "optimize"),
-}
-
-
-def dask_optimizer(optimizer: Any) -> bool:
-    """Whether ``optimizer`` is one of dask's own low-level optimizers (or none).
-
-    >>> from dask.array.optimization import optimize
-    >>> dask_optimizer(optimize), dask_optimizer(None), dask_optimizer(print)
-    (True, True, False)
-    """
-    if optimizer is None:
-        return True
-    return qualified_name(optimizer) in DASK_OPTIMIZERS.values()
-
-
-def qualified_name(optimizer: Any) -> tuple[str, str]:
-    """``(module, name)`` of a function, as ``DASK_OPTIMIZERS`` lists them (a wrapper's: the wrapped one's)."""
-    return getattr(optimizer, "__module__", ""), getattr(optimizer, "__name__", "")
-
-
-def nothing_large(
-    expr: Any, settings: Settings, known: Callable[[Any], bool] = dask_optimizer, memo: FingerprintMemo | None = None
-) -> bool:
-    """True only if materializing ``expr`` gives tasks that carry nothing of ``min-bytes`` or more.
-
-    ``known(optimizer)``: whether a graph's low-level optimizer is one that
-    makes no large values (a route adds its own passes to dask's).
-    """
+def nothing_large(expr: Any, settings: Settings, memo: FingerprintMemo | None = None) -> bool:
+    """True only if materializing ``expr`` gives tasks that carry nothing of ``min-bytes`` or more."""
     try:
         from dask._expr import HLGExpr, _HLGExprSequence
         from dask.highlevelgraph import HighLevelGraph
@@ -96,7 +65,7 @@ def nothing_large(
         for node in expressions(expr):
             if isinstance(node, _HLGExprSequence):
                 continue
-            if not isinstance(node, HLGExpr) or not known(node.low_level_optimizer):
+            if not isinstance(node, HLGExpr) or not is_dask_optimizer(node.low_level_optimizer):
                 return False
             graph = node.operand("dsk")
             if not isinstance(graph, HighLevelGraph):

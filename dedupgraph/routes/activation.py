@@ -21,8 +21,11 @@ OPTIMIZER_KEYS = {
     "delayed_optimize": dedup_delayed,
     "bag_optimize": dedup_bag,
 }
-SCHEDULER_PRELOADS = "distributed.scheduler.preload"
-SCHEDULER_ROUTE = "dedupgraph.scheduler"  # the scheduler route's preload module
+# The preload modules, by the names the docs give them, and the config keys that list preloads
+SCHEDULER_PRELOAD = "dedupgraph.scheduler"  #: the scheduler route (dedupgraph.routes.distributed.plugin)
+CLIENT_PRELOAD = "dedupgraph.preload"  #: the client side (dedupgraph.routes.distributed.client)
+SCHEDULER_PRELOADS_KEY = "distributed.scheduler.preload"
+CLIENT_PRELOADS_KEY = "distributed.client.preload"
 
 
 def enable(**settings: Any) -> dask.config.set:
@@ -43,8 +46,8 @@ def enable(**settings: Any) -> dask.config.set:
     chosen = Settings.from_config(**settings)
     written = {f"dedupgraph.{name.replace('_', '-')}" for name in settings}
     config = {k: v for k, v in chosen.as_config().items() if k in written}
-    preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS, None), SCHEDULER_ROUTE)
-    return dask.config.set({**OPTIMIZER_KEYS, **config, SCHEDULER_PRELOADS: preloads})
+    preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS_KEY, None), SCHEDULER_PRELOAD)
+    return dask.config.set({**OPTIMIZER_KEYS, **config, SCHEDULER_PRELOADS_KEY: preloads})
 
 
 def disable() -> dask.config.set:
@@ -52,7 +55,7 @@ def disable() -> dask.config.set:
 
     >>> with enable(), disable():
     ...     dask.config.get("array_optimize").__name__
-    '_array_optimize'
+    'array_optimize'
 
     The key is set to the wrapped base rather than to ``None``: for arrays and
     bags a falsy value means "do not optimize at all".  Schedulers started
@@ -64,9 +67,9 @@ def disable() -> dask.config.set:
         current = dask.config.get(key, default=None)
         if isinstance(current, Deduplicator):
             restored[key] = current.base
-    preloads = preload_list(dask.config.get(SCHEDULER_PRELOADS, None))
-    if SCHEDULER_ROUTE in preloads:
-        restored[SCHEDULER_PRELOADS] = [p for p in preloads if p != SCHEDULER_ROUTE]
+    preloads = preload_list(dask.config.get(SCHEDULER_PRELOADS_KEY, None))
+    if SCHEDULER_PRELOAD in preloads:
+        restored[SCHEDULER_PRELOADS_KEY] = [p for p in preloads if p != SCHEDULER_PRELOAD]
     return dask.config.set(restored)
 
 

@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dask
 from dask.highlevelgraph import HighLevelGraph
 
 from dedupgraph.compat import MISSING_INTERNALS
+from dedupgraph.core.optimizers import array_optimize, bag_optimize, delayed_optimize, is_array_optimizer, is_dask_optimizer
 from dedupgraph.core.pipeline import announce, deduplicate_graph
-from dedupgraph.routes.layer_hoisting import Optimizer, optimized_with_layer_hoists
-from dedupgraph.routes.placing import placement_for
+from dedupgraph.placement import in_graph
 from dedupgraph.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the pass's modules import dask internals: lazily, for dedupgraph.compat's check
     from dedupgraph.core.fingerprint import FingerprintMemo
+
+Optimizer = Callable[..., Mapping[Hashable, Any]]
 
 logger = logging.getLogger("dedupgraph")
 
@@ -56,13 +58,14 @@ class Deduplicator:
         self.settings: Settings | None = Settings.from_config(**settings) if settings else None
 
     @classmethod
-    def _with_settings(cls, base: Optimizer | None, settings: Settings) -> Deduplicator:
+    def with_settings(cls, base: Optimizer | None, settings: Settings) -> Deduplicator:
+        """A pass over ``base`` with these settings, already checked: how a pickled pass is rebuilt."""
         new = cls(base)
         new.settings = settings
         return new
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Deduplicator._with_settings, (self.base, self.effective_settings()))
+        return (Deduplicator.with_settings, (self.base, self.effective_settings()))
 
     def effective_settings(self) -> Settings:
         """The settings a call would use now."""
@@ -74,6 +77,7 @@ class Deduplicator:
             _warn_unsupported()
             return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
         from dedupgraph.core.fingerprint import FingerprintMemo
+        from dedupgraph.core.layer_hoisting import optimized_with_layer_hoists
 
         memo = FingerprintMemo.for_pass(settings)  # each object pickled once
         try:
@@ -96,7 +100,7 @@ class Deduplicator:
         if self.base is not None:
             dsk = self.base(dsk, keys, **kwargs)
         try:
-            return deduplicate_graph(dsk, settings, place=placement_for(settings), memo=memo)
+            return deduplicate_graph(dsk, settings, place=in_graph(settings), memo=memo)
         except Exception:
             # the promise: never fail a computation that would succeed without us
             logger.warning("dedupgraph pass failed; graph left unchanged", exc_info=True)
@@ -110,17 +114,13 @@ class Deduplicator:
         return f"Deduplicator(base={base}, {fields})"
 
 
-def known_optimizer(optimizer: Any) -> bool:
-    """Whether ``optimizer`` adds no large values: dask's own, or one of these passes over one.
+def without_pass(optimizer: Any) -> Any:
+    """The optimizer a pass of this route wraps, or ``optimizer`` itself if it is not one.
 
-    >>> known_optimizer(dedup), known_optimizer(print)
-    (True, False)
+    >>> without_pass(dedup) is array_optimize, without_pass(print) is print
+    (True, True)
     """
-    from dedupgraph.core.prescan import dask_optimizer
-
-    if isinstance(optimizer, Deduplicator):  # the config route: neutralized before materializing
-        optimizer = optimizer.base
-    return dask_optimizer(optimizer) or optimizer in (_array_optimize, _delayed_optimize, _bag_optimize)
+    return optimizer.base if isinstance(optimizer, Deduplicator) else optimizer
 
 
 def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], settings: Settings, memo: FingerprintMemo) -> bool:
@@ -137,22 +137,10 @@ def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], s
     try:
         from dedupgraph.core.prescan import layers_hold_nothing_large
 
-        return (base is None or known_optimizer(base)) and layers_hold_nothing_large(dsk, settings, memo)
+        return is_dask_optimizer(base) and layers_hold_nothing_large(dsk, settings, memo)
     except Exception:
         logger.debug("dedupgraph: reading the layers failed; the pass walks the graph", exc_info=True)
         return False
-
-
-def is_array_optimizer(base: Any) -> bool:
-    """Whether ``base`` is dask's array optimizer, or this route's function that calls it.
-
-    >>> from dask.array.optimization import optimize
-    >>> is_array_optimizer(optimize), is_array_optimizer(dedup.base), is_array_optimizer(dedup_bag.base)
-    (True, True, False)
-    """
-    from dedupgraph.core.prescan import DASK_OPTIMIZERS, qualified_name
-
-    return base is _array_optimize or qualified_name(base) == DASK_OPTIMIZERS["array"]
 
 
 def _warn_unsupported() -> None:
@@ -166,25 +154,7 @@ def _warn_unsupported() -> None:
     )
 
 
-def _array_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-    from dask.array.optimization import optimize
-
-    return optimize(dsk, keys, **kwargs)
-
-
-def _delayed_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-    from dask.delayed import optimize
-
-    return optimize(dsk, keys, **kwargs)
-
-
-def _bag_optimize(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-    from dask.bag.core import optimize
-
-    return optimize(dsk, keys, **kwargs)
-
-
-# module-level functions as bases, so these pickle by reference and import lazily
-dedup = Deduplicator(base=_array_optimize)
-dedup_delayed = Deduplicator(base=_delayed_optimize)
-dedup_bag = Deduplicator(base=_bag_optimize)
+# module-level functions as bases, so these pickle by reference and import dask's lazily
+dedup = Deduplicator(base=array_optimize)
+dedup_delayed = Deduplicator(base=delayed_optimize)
+dedup_bag = Deduplicator(base=bag_optimize)

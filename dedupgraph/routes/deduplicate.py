@@ -25,15 +25,14 @@ from dask.core import flatten
 
 from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.core.layers import annotated
-from dedupgraph.core.pipeline import planned
+from dedupgraph.core.pipeline import Graph, planned
 from dedupgraph.routes.materialize import is_dataframe_like, materialize, resolve_client
+from dedupgraph.placement import holding_layer, in_graph, layer_refs, scattered
 from dedupgraph.settings import Settings
 
 if TYPE_CHECKING:
     from dask._task_spec import GraphNode
     from distributed import Client
-
-    Graph = dict[Hashable, GraphNode]
 
 
 def deduplicate(
@@ -96,7 +95,7 @@ class Rewritten:
 
     With scattered objects, the tasks of array, bag and delayed graphs hold a
     ``ScatteredRef`` each; dask-expr graphs reference the keys by plain
-    ``TaskRef`` and their layers hold ``holds`` (see ``scatter.HoldingLayer``).
+    ``TaskRef`` and their layers hold ``holds`` (see ``dedupgraph.placement.holding_layer``).
     """
 
     for_legacy: Graph
@@ -117,40 +116,27 @@ def _deduplicated(
     ``legacy``, ``exprs``: whether array/bag/delayed or dask-expr collections
     are rebuilt from it; a form none of them needs stays empty.
     """
-    from dask._task_spec import TaskRef
-
     from dedupgraph.core.rewrite import rewrite_graph
 
     candidates, plan = planned(graph, settings, source="deduplicate: ")
     if not plan or settings.dry_run:
         return None
-    host = None
-    if settings.share == "host":  # large buffers in shared memory, once per host
-        from dedupgraph.routes import host_share as host
     if client is None:
-        out = rewrite_graph(graph, plan, candidates, place=host.placement(settings) if host else None)
+        out = rewrite_graph(graph, plan, candidates, place=in_graph(settings))
         return Rewritten(out, out)
-    from dedupgraph.routes.client_preload import scheduler_imports_dedupgraph
-    from dedupgraph.routes.scatter import lost_object_task, scattered_references
+    from dedupgraph.routes.distributed.client import scheduler_imports_dedupgraph
 
-    # with share="host", qualifying objects are scattered as HostShared under their host key
-    hoists = host.scattered_hoists(plan.hoists, settings) if host else plan.hoists
-    refs = scattered_references(client, hoists, broadcast)
+    done = scattered(client, plan.hoists, settings, broadcast)
     # The run_spec that turns a lost scattered object into a clear error is a
     # dedupgraph function: only where the scheduler can unpickle it.
-    lost = {}
-    if scheduler_imports_dedupgraph(client):
-        lost = {h.key: lost_object_task(h, broadcast) for h in hoists.values()}
+    lost = done.lost_tasks(broadcast) if scheduler_imports_dedupgraph(client) else {}
     holding: Graph = {}
     referring: Graph = {}
     if legacy:
-        held = host.references(refs, hoists) if host else refs
-        holding = {**rewrite_graph(graph, plan, candidates, references=held), **lost}
+        holding = {**rewrite_graph(graph, plan, candidates, references=done.references(holding=True)), **lost}
     if exprs:
-        plain = {digest: TaskRef(ref.key) for digest, ref in refs.items()}
-        plain = host.references(plain, hoists) if host else plain
-        referring = {**rewrite_graph(graph, plan, candidates, references=plain), **lost}
-    return Rewritten(holding, referring, {ref.key: ref for ref in refs.values()}, renamable=bool(lost))
+        referring = {**rewrite_graph(graph, plan, candidates, references=done.references(holding=False)), **lost}
+    return Rewritten(holding, referring, {ref.key: ref for ref in done.refs.values()}, renamable=bool(lost))
 
 
 # --- rebuild from the one graph materialized for all, as dask.optimize does
@@ -206,14 +192,12 @@ def _expr_part(coll: Any, optimized: Any) -> Part:
 
 
 def _holding(done: Rewritten, layer: Graph, inherited: Mapping[Hashable, Any]) -> Mapping[Hashable, GraphNode]:
-    """``layer``, holding the futures its tasks reference (see ``scatter.HoldingLayer``)."""
+    """``layer``, holding the futures its tasks reference (see ``dedupgraph.placement.holding_layer``)."""
     holds = {**inherited, **done.holds}
     if not holds:
         return layer
-    from dedupgraph.routes.scatter import HoldingLayer
-
     used = {dep for node in layer.values() for dep in node.dependencies if dep in holds}
-    return HoldingLayer(layer, refs=tuple(holds[key] for key in sorted(used, key=str)))
+    return holding_layer(layer, (holds[key] for key in sorted(used, key=str)))
 
 
 def _shared_keys(graph: Graph, outputs: list[list[Hashable]]) -> frozenset[Hashable]:
@@ -229,15 +213,7 @@ def _shared_keys(graph: Graph, outputs: list[list[Hashable]]) -> frozenset[Hasha
 
 def _held_refs(expr: Any) -> dict[Hashable, Any]:
     """References held by the layers of an expression built on deduplicated collections."""
-    from dedupgraph.routes.scatter import HoldingLayer
-
-    return {
-        ref.key: ref
-        for sub in expr.walk()
-        for operand in sub.operands
-        if isinstance(operand, HoldingLayer)
-        for ref in operand.refs
-    }
+    return {ref.key: ref for sub in expr.walk() for operand in sub.operands for ref in layer_refs(operand)}
 
 
 def culled(graph: Mapping[Hashable, GraphNode], keys: Iterable[Hashable]) -> Graph:

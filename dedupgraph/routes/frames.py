@@ -5,8 +5,8 @@
 ``dask.dataframe.from_graph`` names its collection after a token of its
 operands, so its keys cannot be those of the graph it is given: it adds an
 ``Alias(new, old)`` task for every partition.  Each is a task the scheduler
-and the workers handle (measured: 3000 partitions persisted as 9001 tasks
-instead of 6001, in 21 s instead of 15 s).  :func:`renamed_frame` instead
+and the workers handle, half again as many tasks for a persisted frame
+(docs/benchmarks.rst, "Measurements behind the code").  :func:`renamed_frame` instead
 gives the output tasks the new keys (``GraphNode.substitute``) and builds a
 :class:`RenamedGraph`, a ``FromGraph`` that takes its name as an operand.
 

@@ -13,14 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dedupgraph.core.layers import layer_annotations
-from dedupgraph.core.pipeline import task_graph
-from dedupgraph.routes.config import Deduplicator
+from dedupgraph.core.pipeline import Graph, task_graph
+from dedupgraph.routes.config import without_pass
 
 if TYPE_CHECKING:
-    from dask._task_spec import GraphNode
     from distributed import Client
-
-    Graph = dict[Hashable, GraphNode]
 
 
 @dataclass(frozen=True)
@@ -96,11 +93,11 @@ def _legacy_graph(collections: list[Any]) -> tuple[Mapping[Hashable, Any], dict[
     delayed_by_optimizer: dict[int, tuple[Any, list[Any]]] = {}
     for coll in collections:
         if isinstance(coll, Delayed):
-            optimizer = _without_pass(coll.__dask_optimize__)
+            optimizer = without_pass(coll.__dask_optimize__)
             delayed_by_optimizer.setdefault(id(optimizer), (optimizer, []))[1].append(coll)
             continue
         expr = HLGExpr.from_collection(coll)
-        base = _without_pass(expr.low_level_optimizer)
+        base = without_pass(expr.low_level_optimizer)
         if base is not expr.low_level_optimizer:
             expr = expr.substitute_parameters({"low_level_optimizer": base})
         exprs.append(expr)
@@ -122,15 +119,11 @@ def _merge_annotations(into: dict[str, dict[Hashable, Any]], more: Mapping[str, 
         into.setdefault(kind, {}).update(values)
 
 
-def _without_pass(optimizer: Any) -> Any:
-    return optimizer.base if isinstance(optimizer, Deduplicator) else optimizer
-
-
 def _delayed_graph(optimizer: Any, group: list[Any]) -> Mapping[Hashable, Any]:
     """Many ``Delayed`` values, merged into one flat graph before their optimizer runs.
 
     dask keeps one graph layer per ``Delayed`` and culls every layer against
-    all requested keys: quadratic in their number (3000 values: ~1 s). One
+    all requested keys: quadratic in their number. One
     layer holding them all is culled in one linear walk, to the same tasks.
     """
     from dask.utils import ensure_dict

@@ -50,7 +50,7 @@ def scheduler_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
     import dask.config
     from distributed import Client
 
-    from dedupgraph.routes.client_preload import scheduler_status
+    from dedupgraph.routes.distributed.client import scheduler_status
 
     # a bare Client: this question must not run the client preloads (they switch things on)
     try:

@@ -36,7 +36,6 @@ from one Python object hold); an object is pickled only if it recurs.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,6 +43,7 @@ import dask.config
 from dask.callbacks import Callback
 from dask.utils import format_bytes
 
+from dedupgraph.once import Once
 from dedupgraph.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,9 +57,8 @@ T = TypeVar("T")
 SAMPLE_TASKS = 2000
 PRELOAD = "dedupgraph.tools.hint"
 
-# Once per process: the only state here, a flag under a lock.
-_given = False
-_given_lock = threading.Lock()
+# Once per process: the only state here.
+_given = Once()
 
 
 def spread_sample(items: Sequence[T]) -> Sequence[T]:
@@ -167,12 +166,8 @@ def check(sample: Sequence[GraphNode], total: int, advice: str = LOCAL_ADVICE) -
 
 
 def _give(level: int, message: str, *args: Any) -> None:
-    global _given
-    with _given_lock:
-        if _given:
-            return
-        _given = True
-    logger.log(level, message, *args)
+    if _given():
+        logger.log(level, message, *args)
 
 
 def pass_enabled() -> bool:
@@ -238,11 +233,13 @@ def install() -> None:
     hint for the graphs it receives.
     """
     watch_local_schedulers()
-    preloads = dask.config.get("distributed.scheduler.preload", None) or []
+    from dedupgraph.routes.activation import SCHEDULER_PRELOADS_KEY
+
+    preloads = dask.config.get(SCHEDULER_PRELOADS_KEY, None) or []
     if isinstance(preloads, str):
         preloads = [preloads]
     if PRELOAD not in preloads:
-        dask.config.set({"distributed.scheduler.preload": [*preloads, PRELOAD]})
+        dask.config.set({SCHEDULER_PRELOADS_KEY: [*preloads, PRELOAD]})
 
 
 def _registered() -> list[Any]:

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 import dask.config
 
-from dedupgraph.routes.activation import OPTIMIZER_KEYS, SCHEDULER_PRELOADS, SCHEDULER_ROUTE, preload_list
+from dedupgraph.routes.activation import (
+    CLIENT_PRELOAD,
+    CLIENT_PRELOADS_KEY,
+    OPTIMIZER_KEYS,
+    SCHEDULER_PRELOAD,
+    SCHEDULER_PRELOADS_KEY,
+    preload_list,
+)
 from dedupgraph.routes.config import Deduplicator
 from dedupgraph_startup import requested
 
@@ -41,8 +48,7 @@ def status() -> Status:
         if isinstance(dask.config.get(key, None), Deduplicator)
     )
     from_environment = requested()
-    preloads = dask.config.get("distributed.client.preload", None) or []
-    preload = "dedupgraph.preload" in ([preloads] if isinstance(preloads, str) else preloads)
+    preload = CLIENT_PRELOAD in preload_list(dask.config.get(CLIENT_PRELOADS_KEY, None))
     routes = () if not on else ("environment",) if from_environment else ("config",)
-    scheduler_route = SCHEDULER_ROUTE in preload_list(dask.config.get(SCHEDULER_PRELOADS, None))
+    scheduler_route = SCHEDULER_PRELOAD in preload_list(dask.config.get(SCHEDULER_PRELOADS_KEY, None))
     return Status(on, routes, preload, environment_failed=from_environment and not on, scheduler_route=scheduler_route)

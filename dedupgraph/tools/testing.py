@@ -173,7 +173,7 @@ class CountingDeduplicator(Deduplicator):
         return out
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (CountingDeduplicator._with_settings, (self.base, self.effective_settings()))
+        return (CountingDeduplicator.with_settings, (self.base, self.effective_settings()))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CountingDeduplicator:
         # distributed.utils_test.reset_config deep-copies its config snapshot:
@@ -187,14 +187,14 @@ def passes() -> dict[str, CountingDeduplicator]:
 
 
 def count_route() -> Callable[[], None] | None:
-    """Count the graphs the scheduler route deduplicates (``dedupgraph.routes.scheduler_route.Route.deduplicated``).
+    """Count the graphs the scheduler route deduplicates (``dedupgraph.routes.distributed.submissions.Route.deduplicated``).
 
     Where a scheduler runs the route, it takes the passes out of the graphs
     it receives and deduplicates each whole graph itself.  Returns the undo,
     or None where this dedupgraph has no such route.
     """
     try:
-        from dedupgraph.routes.scheduler_route import Route
+        from dedupgraph.routes.distributed.submissions import Route
     except ImportError:
         return None
     original = Route.__dict__.get("deduplicated")

@@ -10,10 +10,10 @@ from dask.array.optimization import optimize
 from dask.highlevelgraph import HighLevelGraph
 
 import dedupgraph
-import dedupgraph.core.blockwise_hoist as blockwise_hoist
+import dedupgraph.core.layer_hoisting as blockwise_hoist
 import dedupgraph.core.pipeline as pipeline
 from dedupgraph.core.pipeline import task_graph
-from dedupgraph.core.blockwise_hoist import hoisted_in_layers
+from dedupgraph.core.layer_hoisting import hoisted_in_layers
 from dedupgraph.routes.config import Deduplicator
 from dedupgraph.settings import Settings
 

@@ -31,16 +31,20 @@ from __future__ import annotations
 import contextvars
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
+
+from dedupgraph.core.pipeline import Graph
 
 if TYPE_CHECKING:
     from distributed import Scheduler
 
-#: ``original(expr, validate) -> (graph, annotations_by_type)``
-Materialize = Callable[..., tuple[dict[Any, Any], dict[str, dict[Any, Any]]]]
-#: what the route does with one submission: ``handler(original, expr, validate)``
-Handler = Callable[[Materialize, Any, bool], tuple[dict[Any, Any], dict[str, dict[Any, Any]]]]
+#: annotation kind -> key -> value, as distributed materializes them with the graph
+AnnotationsByType = dict[str, dict[Hashable, Any]]
+#: distributed's ``_materialize_graph(expr, validate) -> (graph, annotations_by_type)``
+Materialize = Callable[[Any, bool], tuple[Graph, AnnotationsByType]]
+#: what the route does with one submission: ``handler(materialize, expr, validate)``
+Handler = Callable[[Materialize, Any, bool], tuple[Graph, AnnotationsByType]]
 
 _ACTIVE: contextvars.ContextVar[Handler | None] = contextvars.ContextVar("dedupgraph_submission", default=None)
 
@@ -80,16 +84,16 @@ def interception_problem() -> str | None:
     return None
 
 
-def _materialize_graph(expr: Any, validate: bool) -> tuple[dict[Any, Any], dict[str, dict[Any, Any]]]:
+def _materialize_graph(expr: Any, validate: bool) -> tuple[Graph, AnnotationsByType]:
     """``distributed.scheduler._materialize_graph``, through the route of the submitting scheduler, if any."""
     handler = _ACTIVE.get()
-    original = _materialize_graph.__wrapped__  # type: ignore[attr-defined]
+    original: Materialize = getattr(_materialize_graph, "__wrapped__")
     if handler is None:
-        return original(expr, validate)  # type: ignore[no-any-return]
+        return original(expr, validate)
     return handler(original, expr, validate)
 
 
-_materialize_graph.__wrapped__ = None  # type: ignore[attr-defined]  # set by hold_materialize
+setattr(_materialize_graph, "__wrapped__", None)  # distributed's, once hold_materialize has run
 
 _holders = 0
 _holders_lock = threading.Lock()
@@ -103,7 +107,7 @@ def hold_materialize() -> None:
     with _holders_lock:
         current = ds._materialize_graph
         if current is not _materialize_graph:
-            _materialize_graph.__wrapped__ = current  # type: ignore[attr-defined]
+            setattr(_materialize_graph, "__wrapped__", current)
             ds._materialize_graph = _materialize_graph
         _holders += 1
 
@@ -117,7 +121,7 @@ def release_materialize() -> None:
         _holders = max(0, _holders - 1)
         # if something replaced ours meanwhile, ours stays underneath it: inert without a handler
         if _holders == 0 and ds._materialize_graph is _materialize_graph:
-            ds._materialize_graph = _materialize_graph.__wrapped__  # type: ignore[attr-defined]
+            ds._materialize_graph = getattr(_materialize_graph, "__wrapped__")
 
 
 def materialize_held() -> bool:
@@ -147,7 +151,7 @@ def wrap_update_graph(
         finally:
             _ACTIVE.reset(token)
 
-    update_graph.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(update_graph, "__wrapped__", original)
     scheduler.stream_handlers["update-graph"] = update_graph
 
     def undo() -> None:

@@ -1,4 +1,4 @@
-"""Scheduler preload: deduplicate every graph this scheduler receives, whatever built it.
+"""The scheduler plugin: deduplicate every graph this scheduler receives, whatever built it.
 
     dask scheduler --preload dedupgraph.scheduler
     # or distributed.scheduler.preload: [dedupgraph.scheduler] in the scheduler's config,
@@ -7,8 +7,9 @@
 
 >>> import asyncio
 >>> from distributed import Scheduler
+>>> from dedupgraph.routes.activation import SCHEDULER_PRELOAD
 >>> async def main():
-...     async with Scheduler(dashboard_address=":0", preload=[PRELOAD]) as s:
+...     async with Scheduler(dashboard_address=":0", preload=[SCHEDULER_PRELOAD]) as s:
 ...         return route_on(s)
 >>> asyncio.run(main())
 True
@@ -18,9 +19,9 @@ materializes the submitted expression (dask-expr DataFrames and array-expr
 arrays lowered, legacy arrays, delayed values and bags optimized, graphs of
 ``client.map`` and ``client.submit`` built).  The route steps in right
 there, in the thread where distributed already materializes, before any task
-state exists (see ``dedupgraph.routes.interception`` for the point and its check,
-``dedupgraph.routes.scheduler_route`` for what happens to each graph).  A client with
-dedupgraph sends its settings with each graph (``dedupgraph.preload``);
+state exists (see ``dedupgraph.routes.distributed.hook`` for the point and its check,
+``dedupgraph.routes.distributed.submissions`` for what happens to each graph).  A client with
+dedupgraph sends its settings with each graph (``dedupgraph.routes.distributed.client``);
 otherwise this scheduler's ``dask.config`` applies.
 
 If this distributed lacks the interception point, or it changed shape, the
@@ -34,31 +35,28 @@ import functools
 import inspect
 import logging
 import sys
-import threading
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dedupgraph.routes.interception import (
-    Materialize,
+from dedupgraph.once import Once
+from dedupgraph.routes.distributed.hook import (
     hold_materialize,
     interception_problem,
     release_materialize,
     wrap_update_graph,
 )
-from dedupgraph.routes.scheduler_route import Route, Submission
-from dedupgraph.routes.wire import FIELD
+from dedupgraph.routes.distributed.submissions import Route, Submission
+from dedupgraph.routes.distributed.wire import FIELD
 
 if TYPE_CHECKING:
     from distributed import Scheduler
 
 logger = logging.getLogger("dedupgraph")
 
-PRELOAD = "dedupgraph.scheduler"
 PLUGIN = "dedupgraph-route"
 
-_warned = False
-_warned_lock = threading.Lock()
+_problem_told = Once()
 
 
 def dask_setup(scheduler: Scheduler) -> None:
@@ -134,7 +132,7 @@ def _install(scheduler: Scheduler) -> None:
         except Exception:
             logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
             return None
-        return functools.partial(_materialize, route, submission)
+        return functools.partial(_handle, route, submission)
 
     hold_materialize()
     unwrap = wrap_update_graph(scheduler, on_submission)
@@ -152,8 +150,8 @@ def _install(scheduler: Scheduler) -> None:
     logger.info("dedupgraph: scheduler route on: every graph this scheduler receives is deduplicated")
 
 
-def _materialize(route: Route, submission: Submission, original: Materialize, expr: Any, validate: bool) -> Any:
-    return route.materialize(original, expr, validate, submission)
+def _handle(route: Route, submission: Submission, materialize: Any, expr: Any, validate: bool) -> Any:
+    return route.handle(materialize, expr, validate, submission)
 
 
 def uninstall(scheduler: Scheduler) -> None:
@@ -217,11 +215,8 @@ def status(scheduler: Scheduler) -> dict[str, Any]:
 
 
 def _warn_once(problem: str) -> None:
-    global _warned
-    with _warned_lock:
-        if _warned:
-            return
-        _warned = True
+    if not _problem_told():
+        return
     logger.warning(
         "dedupgraph: the scheduler route stays off, graphs run unchanged: %s. "
         "Install a distributed release that dedupgraph supports (see pyproject.toml).",

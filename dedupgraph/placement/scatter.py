@@ -95,7 +95,7 @@ def lost(key: str, label: str, nbytes: int, broadcast: bool) -> NoReturn:
     >>> lost("dedup-list-00", "list", 10, False)
     Traceback (most recent call last):
     ...
-    dedupgraph.routes.scatter.ScatteredObjectLost: dedupgraph: the scattered object dedup-list-00 ...
+    dedupgraph.placement.scatter.ScatteredObjectLost: dedupgraph: the scattered object dedup-list-00 ...
     """
     where = "every worker that held a copy" if broadcast else "the only worker that held it"
     raise ScatteredObjectLost(
@@ -165,7 +165,7 @@ def _scattered(client: Client, hoists: Mapping[str, Hoist], broadcast: bool) -> 
     """
     data = {h.key: _whole(h.value) for h in hoists.values()}
     # A host-shared object goes from the client to one worker; copies between
-    # workers of a host then carry a ticket, not the buffers (see host_share).
+    # workers of a host then carry a ticket, not the buffers (see dedupgraph.placement.host).
     host_shared = broadcast and any(_is_host_shared(v) for v in data.values())
     futures = client.scatter(data, broadcast=broadcast and not host_shared, hash=False)
     for key in futures:
@@ -180,7 +180,7 @@ def _scattered(client: Client, hoists: Mapping[str, Hoist], broadcast: bool) -> 
 
 def _is_host_shared(value: Any) -> bool:
     # only a module that is already imported can have made one
-    module = sys.modules.get("dedupgraph.routes.host_share")
+    module = sys.modules.get("dedupgraph.placement.host")
     return module is not None and isinstance(value, module.HostShared)
 
 
@@ -197,9 +197,9 @@ def _wait_for_answers(futures: Iterable[Future]) -> None:
 def _whole(value: Any) -> Any:
     """``value``, or its pickle if distributed would serialize it element by element.
 
-    ``scatter`` serializes a list, tuple, set or dict item by item: 1.45 s for
-    a list of 50,000 ints, against 0.01 s pickled whole (measured).  The
-    worker stores the unpickled object either way.
+    ``scatter`` serializes a list, tuple, set or dict item by item, which for a
+    long list costs orders of magnitude more than one pickle (docs/benchmarks.rst,
+    "Measurements behind the code").  The worker stores the unpickled object either way.
     """
     if type(value) not in (list, tuple, set, dict):
         return value

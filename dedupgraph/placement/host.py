@@ -5,19 +5,19 @@
 >>> from dedupgraph.core.plan import Hoist, hoisted_key
 >>> table = np.arange(300_000.0)
 >>> fp = content_fingerprint(table)
->>> stored, used = placement(Settings(share="host"))(Hoist(hoisted_key(fp), fp, ("a", "b"), table))
->>> stored.key == "dedup-host-ndarray-" + fp.digest, used.dependencies == {stored.key}
+>>> node, used = placement(Settings(share="host"))(Hoist(hoisted_key(fp), fp, ("a", "b"), table))
+>>> node.key == "dedup-host-ndarray-" + fp.digest, used.dependencies == {node.key}
 (True, True)
->>> unwrap(materialize(stored.args[0])) is table   # within one process: the object itself
+>>> unwrap(stored(node.args[0])) is table   # within one process: the object itself
 True
 
-The routes (the pass, ``deduplicate``) put a :class:`HostShared` under the
+The routes (the pass, ``deduplicate``, through ``dedupgraph.placement``) put a :class:`HostShared` under the
 hoisted key, ``dedup-host-<Label>-<digest>``, computed by
-``Task(key, materialize, shared)``, and give each carrying task
+``Task(key, stored, shared)``, and give each carrying task
 ``Task(None, unwrap, TaskRef(key))`` where the object was.  A worker process
 keeps the small :class:`HostShared` under the key; ``unwrap`` unpickles the
 object once per process from its pickle header and the buffers, mapped
-read-only from the segment of that content (``dedupgraph.routes.shared_memory``).
+read-only from the segment of that content (``dedupgraph.placement.segments``).
 
 What travels, and why: distributed moves a key's value between workers by
 serializing it, and the receiver keeps what it deserialized.  Between two
@@ -35,7 +35,7 @@ the sender, the scheduler, or any worker holding the key.  A segment that
 cannot be made (over ``share_limit``, no ``/dev/shm``) leaves a private copy
 in that process, as with ``share="process"``.
 
-The names used in graphs (``materialize``, ``unwrap``, ``from_data``,
+The names used in graphs (``stored``, ``unwrap``, ``from_data``,
 ``from_ticket``, ``Layout``, ``HostShared``) must stay importable and stable:
 clients, schedulers and workers must agree on them.
 """
@@ -59,7 +59,7 @@ from dask.base import normalize_token
 from dask.sizeof import sizeof
 from dask.utils import format_bytes
 
-from dedupgraph.routes import shared_memory
+import dedupgraph.placement.segments as segments
 from dedupgraph.core.fingerprint import pickled_parts
 from dedupgraph.core.plan import Hoist
 from dedupgraph.core.rewrite import Place
@@ -70,8 +70,8 @@ logger = logging.getLogger("dedupgraph")
 # A pull requests chunks of at most CHUNK bytes, WINDOW of them in flight, and
 # writes each to the segment as it arrives: it holds at most WINDOW chunks in
 # private memory, and the allocator keeps about one after them.  Chunks are
-# also at most 1/64 of the object, so that this stays within 1/8 of it.
-# (200 MB on 2 cores: 0.5-0.6 s with 8 in flight, 0.8-0.9 s with 4.)
+# also at most 1/64 of the object, so that this stays within 1/8 of it.  Eight in
+# flight pulled faster than four (docs/benchmarks.rst, "Measurements behind the code").
 CHUNK = 4 * 2**20
 WINDOW = 8
 MIN_CHUNK = 256 * 2**10
@@ -98,12 +98,12 @@ class Layout:
 
     @property
     def offsets(self) -> tuple[int, ...]:
-        return shared_memory.layout(self.sizes)[0]
+        return segments.layout(self.sizes)[0]
 
     @property
     def nbytes(self) -> int:
         """The segment's size."""
-        return shared_memory.layout(self.sizes)[1]
+        return segments.layout(self.sizes)[1]
 
 
 class HostShared:
@@ -194,11 +194,11 @@ class HostShared:
         if self._view is not None or self._private:
             return
         layout = self.layout
-        view = shared_memory.attach(layout.digest, layout.nbytes)
+        view = segments.attach(layout.digest, layout.nbytes)
         if view is None and self._data is not None:
-            view = shared_memory.create(layout.digest, layout.nbytes, layout.limit, self._write_data)
+            view = segments.create(layout.digest, layout.nbytes, layout.limit, self._write_data)
         elif view is None and pull:
-            view = shared_memory.create(
+            view = segments.create(
                 layout.digest, layout.nbytes, layout.limit, lambda write: _pull(layout, self._sources, _at_offsets(layout, write))
             )
             if view is None:  # no room: a private copy, as with share="process"
@@ -211,7 +211,7 @@ class HostShared:
         elif self._data is not None:
             self._private = True  # one attempt (and one DEBUG line) per instance
 
-    def _write_data(self, write: shared_memory.Writer) -> None:
+    def _write_data(self, write: segments.Writer) -> None:
         assert self._data is not None
         for offset, buffer in zip(self.layout.offsets, self._data):
             write(offset, buffer)
@@ -268,13 +268,13 @@ def from_data(layout: Layout, *buffers: Any) -> HostShared:
 def from_ticket(layout: Layout, sources: tuple[str, ...]) -> HostShared:
     """Unpickle a ticket: map the segment if this host has it, else pull the bytes when first used."""
     shared = HostShared(layout, sources=tuple(sources))
-    view = shared_memory.attach(layout.digest, layout.nbytes)
+    view = segments.attach(layout.digest, layout.nbytes)
     if view is not None:
         shared._view = view
     return shared
 
 
-def materialize(shared: Any) -> Any:
+def stored(shared: Any) -> Any:
     """The hoisted key's task: have the segment (or a private copy) ready; the value stored under the key."""
     return shared.taken() if isinstance(shared, HostShared) else shared
 
@@ -284,7 +284,7 @@ def unwrap(value: Any) -> Any:
     return value.object() if isinstance(value, HostShared) else value
 
 
-# --- the routes: which hoists go to shared memory, and the nodes that do it
+# --- for the routes: which hoists go to shared memory, and the nodes that do it
 
 
 def host_key(key: str) -> str:
@@ -332,7 +332,7 @@ def placement(settings: Settings) -> Place:
         if shared is None:
             return None
         key = shared.layout.key
-        return Task(key, materialize, shared), Task(None, unwrap, TaskRef(key))
+        return Task(key, stored, shared), Task(None, unwrap, TaskRef(key))
 
     return place
 
@@ -354,7 +354,7 @@ def references(refs: Mapping[str, TaskRef], hoists: Mapping[str, Hoist]) -> dict
 # --- pulling the bytes from another process
 
 
-def _at_offsets(layout: Layout, write: shared_memory.Writer) -> Callable[[int, int, Any], None]:
+def _at_offsets(layout: Layout, write: segments.Writer) -> Callable[[int, int, Any], None]:
     offsets = layout.offsets
     return lambda index, start, data: write(offsets[index] + start, data)
 
@@ -476,7 +476,7 @@ def _sweeper() -> Any:
         name = SWEEPER
 
         async def close(self) -> None:
-            shared_memory.sweep()
+            segments.sweep()
 
     return SweepOnClose()
 

@@ -1,7 +1,8 @@
-"""Hoist before materializing: the broadcast arguments of ``Blockwise`` layers, where each appears once.
+"""Hoisting in the layers: the broadcast arguments of ``Blockwise`` layers, before dask's array optimizer runs.
 
 >>> import dask.array as da
 >>> import pandas as pd
+>>> from dask.array.optimization import optimize
 >>> from dedupgraph.settings import Settings
 >>> table = pd.Series(range(50_000))
 >>> x = da.ones((8, 4), chunks=(1, 4)).map_blocks(lambda b, t: b + len(t), table)
@@ -10,6 +11,9 @@
 [('dedup-Series', 8)]
 >>> sorted(name.split("-")[0] for name in hoisted.graph.layers)
 ['dedup', 'lambda', 'ones_like']
+>>> graph, plan = optimized_with_layer_hoists(optimize, x.__dask_graph__(), x.__dask_keys__(), {}, Settings())
+>>> [len(hoist.tasks) for hoist in plan.hoists.values()]
+[8]
 
 ``map_blocks(f, obj)`` puts ``obj`` once in its layer, as an argument every
 block gets (index ``None``); materializing copies it into one node per block,
@@ -19,11 +23,17 @@ becomes ``TaskRef(key)`` in the layer, the form dask itself gives a
 
 Only where the result is what the pass would make of the materialized
 graph: everything else answers None and the caller runs the pass as usual.
+Both routes use it: the config route's pass calls
+:func:`optimized_with_layer_hoists` in place of dask's array optimizer, and
+the scheduler route puts a :class:`LayerHoisting` in that optimizer's place
+in a submitted expression (:func:`installed`), for distributed's own
+materialization to call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,9 +44,14 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dedupgraph.core.candidates import find_candidates
 from dedupgraph.core.fingerprint import FingerprintMemo, is_obviously_small
 from dedupgraph.core.immutability import merge_policy
+from dedupgraph.core.optimizers import is_array_optimizer
 from dedupgraph.core.plan import Plan, plan_hoists
-from dedupgraph.core.prescan import layers_hold_nothing_large
+from dedupgraph.core.prescan import expressions, layers_hold_nothing_large
 from dedupgraph.settings import Settings
+
+logger = logging.getLogger("dedupgraph")
+
+Optimizer = Callable[..., Mapping[Hashable, Any]]
 
 
 @dataclass(frozen=True)
@@ -211,3 +226,109 @@ def _flat(keys: Any) -> Iterator[Hashable]:
             yield from _flat(key)
     else:
         yield keys
+
+
+def optimized_with_layer_hoists(
+    base: Optimizer,
+    dsk: Mapping[Hashable, Any],
+    keys: Any,
+    kwargs: dict[str, Any],
+    settings: Settings,
+    memo: FingerprintMemo | None = None,
+) -> tuple[Mapping[Hashable, Any], Plan] | None:
+    """``base``'s output for ``dsk`` with its blockwise broadcast arguments hoisted first, and the plan; or None.
+
+    None, and ``base`` not run, unless all of the pass's work can be done
+    in the layers. ``base`` must be dask's own array optimizer, whose fusion
+    this module knows (the caller tells). Not for dry runs, shared memory
+    (``share="host"`` places the object otherwise) or DEBUG logs (which name
+    what the pass leaves inline): the pass does those.
+    """
+    if settings.dry_run or settings.share == "host" or logger.isEnabledFor(logging.DEBUG):
+        return None
+    hoisted = hoisted_in_layers(dsk, keys, settings, memo)
+    if hoisted is None:
+        return None
+    try:
+        out = base(hoisted.graph, keys, **kwargs)
+    except Exception:
+        logger.debug("dedupgraph: dask's optimizer failed on the hoisted layers; the pass walks the graph", exc_info=True)
+        return None
+    if not fused_as_plain(out, hoisted.plan, settings.min_count):
+        return None  # culled below min-count, or fused otherwise: the pass on plain dask's output decides
+    return out, hoisted.plan
+
+
+class LayerHoisting:
+    """Dask's array optimizer for one submission, hoisting in the layers first where that does all the pass would.
+
+    Records what each call did: ``plans`` of those that hoisted, ``declined``
+    the count of those that left the pass to run.
+    """
+
+    def __init__(self, base: Optimizer, settings: Settings, memo: FingerprintMemo) -> None:
+        self.base = base
+        self.settings = settings
+        self.memo = memo
+        self.plans: list[Plan] = []
+        self.declined = 0
+
+    @property
+    def applied(self) -> bool:
+        """Whether every call hoisted in the layers: the materialized graph needs no pass."""
+        return bool(self.plans) and not self.declined
+
+    def __call__(self, dsk: Mapping[Hashable, Any], keys: Any, **kwargs: Any) -> Mapping[Hashable, Any]:
+        try:
+            hoisted = optimized_with_layer_hoists(self.base, dsk, keys, kwargs, self.settings, self.memo)
+        except Exception:
+            # inside distributed's materialization: never let it fail there
+            logger.warning("dedupgraph: hoisting in the layers failed; the pass walks the graph", exc_info=True)
+            hoisted = None
+        if hoisted is None:
+            self.declined += 1
+            return self.base(dsk, keys, **kwargs)
+        out, plan = hoisted
+        self.plans.append(plan)
+        return out
+
+
+def installed(expr: Any, settings: Settings, memo: FingerprintMemo) -> LayerHoisting | None:
+    """A :class:`LayerHoisting` put in the place of ``expr``'s one array optimizer; None where it does not fit.
+
+    >>> import dask.array as da, pandas as pd
+    >>> from dask.base import collections_to_expr
+    >>> x = da.ones((8, 4), chunks=(1, 4)).map_blocks(lambda b, t: b + len(t), pd.Series(range(50_000)))
+    >>> expr = collections_to_expr([x]).optimize()  # what Client.persist sends
+    >>> hoisting = installed(expr, Settings(), FingerprintMemo.for_pass(Settings()))
+    >>> graph = expr.__dask_graph__()  # the scheduler's materialization calls it
+    >>> [len(hoist.tasks) for hoist in hoisting.plans[0].hoists.values()], hoisting.applied
+    ([8], True)
+
+    It fits an expression made of legacy graphs only, of which exactly one
+    runs an optimizer, dask's array optimizer: a persist or compute of
+    arrays, or of arrays built with ``dask.delayed`` arguments. Two graphs
+    hoisted apart might hoist the same key, and the pass must not meet a
+    key hoisted already: every other expression is left to the pass.
+    """
+    from dask._expr import HLGExpr, _HLGExprSequence
+
+    top = expr
+    if isinstance(expr, _HLGExprSequence):
+        if len(expr.operands) != 1:
+            return None
+        top = expr.operands[0]
+    if not isinstance(top, HLGExpr):
+        return None
+    for node in expressions(expr):
+        if not isinstance(node, (HLGExpr, _HLGExprSequence)):
+            return None  # dask-expr or array-expr in the tree: the pass walks what it makes
+        if isinstance(node, HLGExpr) and node is not top and node is not top.operand("dsk"):
+            return None  # another graph: only ``top``'s, or the one it finalizes, is optimized
+    index = type(top)._parameters.index("low_level_optimizer")
+    base = top.operands[index]
+    if not is_array_optimizer(base):
+        return None
+    hoisting = LayerHoisting(base, settings, memo)
+    top.operands[index] = hoisting
+    return hoisting

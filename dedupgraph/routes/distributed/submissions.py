@@ -4,7 +4,7 @@
 >>> big = bytes(range(256)) * 1000
 >>> graph = {"a": Task("a", len, big), "b": Task("b", len, big)}
 >>> route = Route()
->>> out, annotations = route.materialize(lambda expr, validate: (dict(expr), {}), graph, False, Submission())
+>>> out, annotations = route.handle(lambda expr, validate: (dict(expr), {}), graph, False, Submission())
 >>> sorted(key.rsplit("-", 1)[0] for key in out)
 ['a', 'b', 'dedup-bytes']
 
@@ -14,7 +14,7 @@ optimizer of its arrays, delayed values and bags) and put their base
 optimizers in their place, so that the graph is deduplicated once, here,
 with one walk; (2) materialize as distributed does, a graph of arrays with
 the broadcast arguments of its layers hoisted first where that does all the
-pass would (``dedupgraph.routes.scheduler_layers``); (3) otherwise
+pass would (``dedupgraph.core.layer_hoisting``); (3) otherwise
 deduplicate the result with ``deduplicate_graph`` and the settings that win,
 unless the graph's layers already showed that nothing in it is large
 (``dedupgraph.core.prescan``); (4) keep the task keys, annotations and
@@ -24,7 +24,7 @@ keys being data without any.
 
 Settings, first that applies: those of the config route's passes found in
 the expression (the client's, when it submitted); those the client sent
-with the graph (``dedupgraph.routes.wire``); this scheduler's own ``dask.config``.
+with the graph (``dedupgraph.routes.distributed.wire``); this scheduler's own ``dask.config``.
 
 Any exception leaves the graph as distributed materializes it, with one
 WARNING.
@@ -32,30 +32,27 @@ WARNING.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dask._task_spec import GraphNode
+
 from dedupgraph.core.fingerprint import FingerprintMemo
-from dedupgraph.core.pipeline import announce, collection_paused, deduplicate_graph
-from dedupgraph.core.prescan import expressions
-from dedupgraph.routes.placing import placement_for
-from dedupgraph.routes.config import Deduplicator, known_optimizer
-from dedupgraph.routes.scheduler_layers import LayerHoisting, as_plain_shapes, installed
+from dedupgraph.core.layer_hoisting import LayerHoisting, installed
+from dedupgraph.core.pipeline import Graph, announce, collection_paused, deduplicate_graph
+from dedupgraph.core.prescan import expressions, nothing_large
+from dedupgraph.placement import in_graph
+from dedupgraph.routes.config import Deduplicator
+from dedupgraph.routes.distributed.hook import AnnotationsByType, Materialize
+from dedupgraph.routes.distributed.wire import from_wire
 from dedupgraph.settings import Settings
-from dedupgraph.routes.wire import from_wire
 
 logger = logging.getLogger("dedupgraph")
-
-Graph = dict[Hashable, Any]
-AnnotationsByType = dict[str, dict[Hashable, Any]]
-Materialize = Callable[[Any, bool], tuple[Graph, AnnotationsByType]]
 
 # Keys of single-task graphs remembered per scheduler (a few hundred bytes each).
 RECENT_KEYS = 4096
@@ -77,9 +74,6 @@ class Submission:
     #: an empty dict passed as ``internal_priority`` where the client sent none: distributed
     #: runs ``dask.order`` itself unless the route fills it (see :func:`order_as_plain`)
     ordering: dict[Hashable, int] | None = None
-    #: CPU seconds the route's own work took in the materializing thread (materializing
-    #: and ordering, which distributed does anyway, not counted); for benchmarks and logs
-    spent: float = 0.0
 
 
 class Route:
@@ -89,42 +83,38 @@ class Route:
         self._recent: OrderedDict[str, int] = OrderedDict()
         self._recent_lock = threading.Lock()
 
-    def materialize(
-        self, original: Materialize, expr: Any, validate: bool, submission: Submission
+    def handle(
+        self, materialize: Materialize, expr: Any, validate: bool, submission: Submission
     ) -> tuple[Graph, AnnotationsByType]:
-        """``original(expr, validate)``, deduplicated; what ``_materialize_graph`` returns."""
-        with _spending(submission):
-            try:
-                slots = config_route_slots(expr)
-                settings = winning_settings([slot[2] for slot in slots], submission.client_settings)
-                memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
-            except Exception:
-                logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
-                slots, settings, memo = [], None, None
-            for node, index, pass_ in slots:
-                # one pass per graph: the config route's runs here, on the whole graph, below
-                node.operands[index] = pass_.base
-            skip = settings is None or _nothing_large(expr, settings, memo)
-            layers = None if skip else _layer_hoisting(expr, settings, memo)  # type: ignore[arg-type]
-        dsk, annotations_by_type = original(expr, validate)
-        if skip:  # a failure above, or the layers showed nothing large: no walk
-            return dsk, annotations_by_type
-        if layers is not None:
-            submission.spent += layers.spent
+        """``materialize(expr, validate)`` (distributed's), deduplicated: what the hook returns for it."""
+        try:
+            slots = config_route_slots(expr)
+            settings = winning_settings([slot[2] for slot in slots], submission.client_settings)
+        except Exception:
+            logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
+            return materialize(expr, validate)
+        for node, index, pass_ in slots:
+            # one pass per graph: the config route's runs here, on the whole graph, below
+            node.operands[index] = pass_.base
+        memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
+        if _nothing_large(expr, settings, memo):  # the layers showed nothing large: no walk
+            return materialize(expr, validate)
+        layers = _layer_hoisting(expr, settings, memo)
+        dsk, annotations_by_type = materialize(expr, validate)
         try:
             if layers is not None and layers.plans:
                 # dask's optimizer ran on hoisted layers: no walk, no pass (and, were there a call
                 # that declined, its tasks stay as dask made them: the pass must not meet a key
                 # hoisted already)
                 out = dsk
-                with _spending(submission):
-                    hoisted = [h.key for plan in layers.plans for h in plan.hoists.values() if h.key in dsk]
-                    for plan in layers.plans:
-                        announce(plan, settings)  # type: ignore[arg-type]
-                plain = (lambda: as_plain_shapes(dsk, set(hoisted))) if layers.applied else None
+                hoisted = [h.key for plan in layers.plans for h in plan.hoists.values() if h.key in dsk]
+                for plan in layers.plans:
+                    announce(plan, settings)
+                plain: Callable[[], Mapping[Hashable, Any]] | None = None
+                if layers.applied:
+                    plain = lambda: as_plain_shapes(dsk, set(hoisted))  # noqa: E731
             else:
-                with _spending(submission):
-                    out = self.deduplicated(dsk, settings, submission, memo)  # type: ignore[arg-type]
+                out = self.deduplicated(dsk, settings, submission, memo)
                 if out is dsk:
                     return dsk, annotations_by_type
                 hoisted = [key for key in out if key not in dsk]
@@ -141,7 +131,7 @@ class Route:
     def _as_plain(
         out: Graph,
         hoisted: list[Hashable],
-        plain: Callable[[], Graph] | None,
+        plain: Callable[[], Mapping[Hashable, Any]] | None,
         annotations_by_type: AnnotationsByType,
         submission: Submission,
     ) -> None:
@@ -150,18 +140,13 @@ class Route:
         ``plain``: plain dask's graph as ``dask.order`` sees it, or None where
         distributed must order (it culls a low-level graph first).
         """
-        with _spending(submission):
-            keep_plain(hoisted, out, annotations_by_type, submission)
+        keep_plain(hoisted, out, annotations_by_type, submission)
         if plain is not None and submission.ordering is not None:
             # instead of distributed's own, with the collector paused as in the pass: the graph
-            # was just built, and walking its young objects again and again costs more than the
-            # pass (measured, 60,000 array tasks, best of 3: dask.order took 2.1 s of CPU paused,
-            # 2.9 s on, 3.1 s on right after the pass; building the shapes of the layer hoisting
-            # with it on set off full collections, up to 0.8 s)
+            # was just built, and walking its young objects again and again costs more than
+            # the pass itself (docs/benchmarks.rst, "Measurements behind the code")
             with collection_paused(len(out)):
-                with _spending(submission):
-                    graph = plain()
-                order_as_plain(graph, out, submission.ordering)
+                order_as_plain(plain(), out, submission.ordering)
 
     def deduplicated(
         self, dsk: Graph, settings: Settings, submission: Submission, memo: FingerprintMemo | None = None
@@ -170,7 +155,7 @@ class Route:
         if len(dsk) == 1 and settings.min_count > 1 and not settings.dry_run:
             # within one task nothing reaches min-count: only other graphs can
             return self._across_graphs(dsk, settings, submission)
-        return deduplicate_graph(dsk, settings, place=placement_for(settings), memo=memo)  # type: ignore[return-value]
+        return _as_dict(deduplicate_graph(dsk, settings, place=in_graph(settings), memo=memo))
 
     def _across_graphs(self, dsk: Graph, settings: Settings, submission: Submission) -> Graph:
         # client.submit sends one task per graph: a large argument there is
@@ -187,8 +172,13 @@ class Route:
             while len(self._recent) > RECENT_KEYS:
                 self._recent.popitem(last=False)
         if any(submission.live(key) or seen[key] + 1 >= settings.min_count for key in keys):
-            return deduplicate_graph(dsk, dataclasses.replace(settings, min_count=1), place=placement_for(settings))  # type: ignore[return-value]
+            return _as_dict(deduplicate_graph(dsk, dataclasses.replace(settings, min_count=1), place=in_graph(settings)))
         return dsk
+
+
+def _as_dict(graph: Mapping[Hashable, Any]) -> Graph:
+    # the pass gives back the very dict it was given when it hoists nothing: keep it so
+    return graph if isinstance(graph, dict) else dict(graph)
 
 
 def config_route_slots(expr: Any) -> list[tuple[Any, int, Deduplicator]]:
@@ -237,28 +227,17 @@ def content_keys(node: Any, settings: Settings) -> set[str]:
     return keys
 
 
-@contextlib.contextmanager
-def _spending(submission: Submission) -> Iterator[None]:
-    start = time.thread_time()
-    try:
-        yield
-    finally:
-        submission.spent += time.thread_time() - start
-
-
 def _nothing_large(expr: Any, settings: Settings, memo: FingerprintMemo | None = None) -> bool:
     """Whether the graph's layers show, before it is materialized, that the pass would hoist nothing."""
-    from dedupgraph.core.prescan import nothing_large
-
     try:
-        return nothing_large(expr, settings, known=known_optimizer, memo=memo)
+        return nothing_large(expr, settings, memo=memo)
     except Exception:  # only a shortcut: the pass decides
         logger.debug("dedupgraph: reading the layers failed; the pass runs", exc_info=True)
         return False
 
 
 def _layer_hoisting(expr: Any, settings: Settings, memo: FingerprintMemo) -> LayerHoisting | None:
-    """The layer hoisting put in place of ``expr``'s array optimizer, where it fits (``routes.scheduler_layers``)."""
+    """The layer hoisting put in place of ``expr``'s array optimizer, where it fits (``dedupgraph.core.layer_hoisting``)."""
     try:
         return installed(expr, settings, memo)
     except Exception:  # only cheaper: the pass runs after materializing
@@ -274,7 +253,7 @@ def _culled_later(expr: Any) -> bool:
     return isinstance(expr, LLGExpr)
 
 
-def order_as_plain(dsk: Graph, out: Graph, ordering: dict[Hashable, int]) -> None:
+def order_as_plain(dsk: Mapping[Hashable, Any], out: Graph, ordering: dict[Hashable, int]) -> None:
     """Fill ``ordering`` with the priorities ``dask.order`` gives plain dask's graph ``dsk``.
 
     >>> from dask._task_spec import DataNode, Task, TaskRef
@@ -289,8 +268,8 @@ def order_as_plain(dsk: Graph, out: Graph, ordering: dict[Hashable, int]) -> Non
     Distributed then skips its own ``dask.order`` (one ordering either way):
     the tasks get exactly the priorities they have without dedupgraph, and
     each hoisted key one before them all.  Ordering the rewritten graph would
-    also cost a little more: a key that every task depends on (measured, 60,000
-    array tasks: 2.87 s against 2.64 s of CPU, medians of 6).
+    also cost a little more, for a key that every task depends on
+    (docs/benchmarks.rst, "Measurements behind the code").
     """
     import dask.order
 
@@ -325,14 +304,45 @@ def keep_plain(
                 if key not in added and by_key.get(key) is None:
                     by_key[key] = value(key) if callable(value) else value
             moved[name] = by_key
-    first = None
-    if submission.priorities:
-        first = min(submission.priorities.values()) - 1
+    priorities = submission.priorities
+    first = min(priorities.values()) - 1 if priorities else None
     # nothing above can fail half-way through a change; below, plain assignments
     for name, by_key in moved.items():
         annotations_by_type[name] = by_key
     if submission.annotations:
         submission.annotations.clear()
-    if first is not None:
+    if priorities and first is not None:
         for key in hoisted:
-            submission.priorities.setdefault(key, first)  # type: ignore[union-attr]
+            priorities.setdefault(key, first)
+
+
+class _Shape(GraphNode):
+    """A task as ``dask.order`` sees it: a key, whether it is a task, and its dependencies."""
+
+    __slots__ = ()
+
+    def __init__(self, key: Hashable, dependencies: frozenset[Hashable]) -> None:
+        self.key = key
+        self._dependencies = dependencies
+
+
+def as_plain_shapes(out: Mapping[Hashable, Any], hoisted: set[Hashable]) -> dict[Hashable, Any]:
+    """``out`` without its ``hoisted`` keys, as ``dask.order`` would see plain dask's graph.
+
+    >>> from dask._task_spec import DataNode, Task, TaskRef
+    >>> out = {"k": DataNode("k", 1), "a": Task("a", len, TaskRef("k")), "b": Task("b", sum, [TaskRef("a")])}
+    >>> shapes = as_plain_shapes(out, {"k"})
+    >>> sorted(shapes), shapes["a"].dependencies, shapes["b"] is out["b"]
+    (['a', 'b'], frozenset(), True)
+
+    ``dask.order`` reads each node's dependencies and whether it is a task,
+    nothing else: where the layer hoisting left every task as plain dask
+    has it, bar the hoisted dependency, this orders as plain dask does.
+    """
+    shapes: dict[Hashable, Any] = {}
+    for key, node in out.items():
+        if key in hoisted:
+            continue
+        deps = node.dependencies
+        shapes[key] = _Shape(key, deps - hoisted) if not deps.isdisjoint(hoisted) else node
+    return shapes

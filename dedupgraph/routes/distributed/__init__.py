@@ -1,0 +1,24 @@
+"""The distributed route: every graph a distributed scheduler receives is deduplicated there, once.
+
+    dask scheduler --preload dedupgraph.scheduler       # the scheduler side
+    # distributed.client.preload: [dedupgraph.preload]  # the client side (the variable sets both)
+
+One graph's way through it, in the order it is entered:
+
+- ``client``: the client side. At connect time it checks that the scheduler
+  and the workers run this dedupgraph (else the pass stays off here, with
+  one warning); then each graph the client sends carries the settings in
+  force, in the form of ``wire``.
+- ``plugin``: the scheduler plugin that ``dedupgraph.scheduler`` installs;
+  it switches the hook on for its scheduler, and off when it closes.
+- ``hook``: where distributed turns a submitted expression into tasks
+  (``Scheduler.update_graph`` calling ``_materialize_graph``), and how the
+  route steps in there, in distributed's own materializing thread.
+- ``submissions``: what happens to one submitted graph: the settings that
+  win, the layer hoisting or the pass (:mod:`dedupgraph.core`), and plain
+  dask's keys, annotations and priorities kept.
+
+Modules here import the pass, placement and the other routes' modules; none
+of those imports this package, except ``deduplicate``, which asks the
+client side whether the scheduler imports dedupgraph.
+"""

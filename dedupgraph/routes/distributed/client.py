@@ -1,0 +1,314 @@
+"""The client side of the distributed route: a client preload that checks the cluster, and the settings each graph carries.
+
+>>> # DASK_DISTRIBUTED__CLIENT__PRELOAD='["dedupgraph.preload"]' python analysis.py
+
+**Checked at connect time.** On distributed the scheduler unpickles the
+pass with each graph, and workers run the functions that placement pickles
+into tasks (see ``docs/how-it-works.rst``, "Names in graphs"), so a
+scheduler or worker without this very dedupgraph would fail computations.
+:func:`dask_setup` therefore asks the scheduler, and the workers connected
+now, which dedupgraph they run; if one cannot import it, or runs another
+version, it warns once with the fix and leaves the pass off in this process.
+
+**The settings travel with each graph.** The same question tells whether
+the scheduler runs the scheduler route (``dedupgraph.scheduler``). If it
+does, each graph this client submits carries the settings in force here
+(:func:`attach`), which then govern it on the scheduler, DataFrames
+included. If it does not, the scheduler gets the once-per-process hint for
+the graphs of every client (``dedupgraph.tools.hint``), and this process
+logs one INFO line.
+
+The settings are read from this process's ``dask.config`` when a graph is
+sent (so ``with dedupgraph.enable(...)`` and ``dask.config.set(...)`` around
+``persist`` apply, even after the block has ended by the time the scheduler
+materializes the graph) and added to the ``update-graph`` message
+(``dedupgraph.routes.distributed.wire``), which the route takes them out of.
+A scheduler without the route would refuse a message with an unknown field,
+and close the client's connection: they are only added on the connection
+where the scheduler confirmed the route. After a reconnection (the
+scheduler restarted, maybe without the route) none are added until the new
+scheduler has confirmed it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import dask.config
+
+from dedupgraph.core.optimizers import dask_optimizer
+from dedupgraph.once import Once
+from dedupgraph.routes.activation import OPTIMIZER_KEYS, enable
+from dedupgraph.routes.config import Deduplicator
+from dedupgraph.routes.distributed.wire import FIELD, to_wire
+from dedupgraph.settings import Settings
+from dedupgraph.version import __version__
+
+if TYPE_CHECKING:
+    from distributed import Client, Scheduler
+
+logger = logging.getLogger("dedupgraph")
+
+# Each said once per process: a notebook that creates a Client per cell must
+# not repeat the same paragraph.
+_problem_told = Once()
+_no_route_told = Once()
+_invalid_told = Once()
+
+# client -> whether its scheduler imports dedupgraph; weak, so it holds no
+# client alive and holds at most the clients that exist.
+_checked: weakref.WeakKeyDictionary[Client, bool] = weakref.WeakKeyDictionary()
+
+
+async def dask_setup(client: Client) -> None:
+    """Run by distributed for every new Client when this module is a client preload."""
+    found = await scheduler_status(client)
+    _checked[client] = not isinstance(found, str)
+    if not isinstance(found, str):
+        found = await workers_problem(client) or found
+    if isinstance(found, str):
+        switch_off()
+        warn_once(found)
+        return
+    enable()
+    if found.get("route"):
+        attach(client, scheduler_route_on)
+    else:
+        _tell_once(client)
+
+
+def _tell_once(client: Client) -> None:
+    if _no_route_told():
+        logger.info(
+            "dedupgraph: the scheduler at %s does not run the scheduler route: only arrays, delayed "
+            "values and bags are deduplicated, not DataFrames. Set DASK_DEDUPGRAPH__ENABLED=True in "
+            "the scheduler's environment too (or start it with --preload dedupgraph.scheduler).",
+            client.scheduler.address,
+        )
+
+
+def switch_off() -> None:
+    """Like ``dedupgraph.disable()``, but with nothing of dedupgraph left in the config.
+
+    ``disable()`` puts back the bases the passes wrap, which are dedupgraph
+    functions too: a scheduler that cannot import dedupgraph could not
+    unpickle a graph that carries them.  Here each key gets dask's own
+    optimizer instead.
+    """
+    restored = {}
+    for key in OPTIMIZER_KEYS:
+        current = dask.config.get(key, None)
+        if isinstance(current, Deduplicator) or getattr(current, "__module__", "").startswith("dedupgraph"):
+            restored[key] = dask_optimizer(key.removesuffix("_optimize"))
+    dask.config.set(restored)
+
+
+def scheduler_imports_dedupgraph(client: Client) -> bool:
+    """Whether ``client``'s scheduler can import dedupgraph; asked once per client."""
+    known = _checked.get(client)
+    if known is None:
+        known = _checked[client] = client.sync(scheduler_problem, client) is None
+    return known
+
+
+async def scheduler_problem(client: Client) -> str | None:
+    """None if the scheduler imports dedupgraph, else what goes wrong, with the fix."""
+    found = await scheduler_status(client)
+    return found if isinstance(found, str) else None
+
+
+async def scheduler_route_on(client: Client) -> bool:
+    """Whether ``client``'s scheduler runs the scheduler route."""
+    found = await scheduler_status(client)
+    return not isinstance(found, str) and bool(found.get("route"))
+
+
+async def scheduler_status(client: Client, observe: bool = True) -> dict[str, Any] | str:
+    """What the scheduler says of dedupgraph there (``dedupgraph.routes.distributed.plugin.status``), or the problem, with the fix.
+
+    ``observe``: a scheduler without the route gets the hint (see ``dedupgraph.tools.hint``).
+    """
+    from distributed.protocol.pickle import dumps
+
+    theirs = await scheduler_version(client)
+    if theirs != __version__:
+        return _fix(client, theirs)
+    try:
+        # unpickling the probe, by reference, imports dedupgraph on the scheduler
+        response = await client.scheduler.run_function(
+            function=dumps(probe), args=dumps(()), kwargs=dumps({"observe": observe}), wait=True
+        )
+    except Exception as e:  # the unpickling error comes back raised
+        return _fix(client, None, f"{type(e).__name__}: {e}")
+    if response.get("status") != "OK":
+        return _fix(client, None, repr(response.get("exception", response)))
+    found = response.get("result")
+    return found if isinstance(found, dict) else _fix(client, None, f"its status reads {found!r}")
+
+
+# Read with ``pydoc.locate``, a function of the standard library: asking needs
+# no name of dedupgraph's to unpickle there, so any version, or none, answers.
+VERSION = "dedupgraph.version.__version__"
+
+
+async def scheduler_version(client: Client) -> str | None:
+    """The dedupgraph version ``client``'s scheduler runs; None if it cannot import dedupgraph."""
+    from pydoc import locate
+
+    from distributed.protocol.pickle import dumps
+
+    try:
+        response = await client.scheduler.run_function(function=dumps(locate), args=dumps((VERSION,)), kwargs=dumps({}), wait=True)
+    except Exception:  # noqa: BLE001  (told as "cannot import" by the caller)
+        logger.debug("dedupgraph: could not ask the scheduler for its version", exc_info=True)
+        return None
+    found = response.get("result") if response.get("status") == "OK" else None
+    return found if isinstance(found, str) else None
+
+
+async def worker_versions(client: Client) -> dict[str, str | None]:
+    """Each connected worker's address -> the dedupgraph version it runs, None where it cannot import dedupgraph."""
+    from pydoc import locate
+
+    from distributed.protocol.pickle import dumps
+
+    message = {"op": "run", "function": dumps(locate), "args": dumps((VERSION,)), "kwargs": dumps({}), "wait": True}
+    responses = await client.scheduler.broadcast(msg=message, on_error="return_pickle")
+    found: dict[str, str | None] = {}
+    for address, response in responses.items():
+        version = response.get("result") if isinstance(response, dict) and response.get("status") == "OK" else None
+        found[address] = version if isinstance(version, str) else None
+    return found
+
+
+async def workers_problem(client: Client) -> str | None:
+    """None if every worker connected now runs this dedupgraph, else which do not, with the fix.
+
+    Workers run the functions that placement pickles into tasks: a worker
+    without them would fail those tasks. Workers that join later are not
+    asked (see ``docs/deployments.rst``).
+    """
+    try:
+        versions = await worker_versions(client)
+    except Exception:  # noqa: BLE001  (the scheduler answered already: not worth failing the Client)
+        logger.debug("dedupgraph: could not ask the workers for their version", exc_info=True)
+        return None
+    wrong = {address: version for address, version in versions.items() if version != __version__}
+    if not wrong:
+        return None
+    shown = ", ".join(f"{address} ({version or 'none'})" for address, version in sorted(wrong.items())[:5])
+    more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+    return (
+        f"dedupgraph: {len(wrong)} of {len(versions)} workers of the scheduler at {client.scheduler.address} "
+        f"do not run dedupgraph {__version__}: {shown}{more}. The pass stays off in this process: "
+        "workers run the functions dedupgraph puts into tasks, and would fail them. "
+        f"Fix: install dedupgraph {__version__} in the workers' environment too, as in the scheduler's."
+    )
+
+
+def probe(dask_scheduler: Scheduler | None = None, observe: bool = True) -> dict[str, Any]:
+    """Runs on the scheduler: its status; where the route is off, it gets the hint instead."""
+    from dedupgraph.routes.distributed import plugin
+
+    if dask_scheduler is None:
+        return {"version": __version__, "route": False}
+    found = plugin.status(dask_scheduler)
+    if observe and not found["route"]:
+        plugin.observe(dask_scheduler)
+    return found
+
+
+def _fix(client: Client, theirs: str | None, error: str = "") -> str:
+    where = f"the scheduler at {client.scheduler.address}"
+    if theirs is not None:
+        what = f"{where} runs dedupgraph {theirs}, this process {__version__}"
+    else:
+        what = f"{where} cannot import dedupgraph" + (f" ({error})" if error else "")
+    return (
+        f"dedupgraph: {what}, so the pass stays off in this process: the "
+        "scheduler unpickles the pass with every graph, and the names it refers to "
+        "differ between versions: every computation would fail. Fix: install "
+        f"dedupgraph {__version__} in the scheduler's environment too (and the "
+        "workers'), e.g. in the image the scheduler runs, or with "
+        f"EXTRA_PIP_PACKAGES=dedupgraph=={__version__}."
+    )
+
+
+def warn_once(message: str) -> None:
+    """``warnings.warn(message)`` the first time in this process only."""
+    if _problem_told():
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+# --- the settings each graph carries, on a connection whose scheduler runs the route
+
+#: ``confirm(client) -> whether its scheduler runs the route``, asked again after a reconnection
+Confirm = Callable[["Client"], Awaitable[bool]]
+
+def attach(client: Client, confirm: Confirm) -> bool:
+    """Add the settings in force to each graph ``client`` sends; False if this distributed has no place for it."""
+    current = client.__dict__.get("_send_to_scheduler")
+    if isinstance(current, _Courier):
+        current.confirmed = client.scheduler_comm
+        return True
+    send = getattr(type(client), "_send_to_scheduler", None)
+    if not callable(send):
+        logger.debug("dedupgraph: Client._send_to_scheduler is missing; the scheduler's own settings apply")
+        return False
+    client._send_to_scheduler = _Courier(client, send, confirm)  # type: ignore[method-assign]
+    return True
+
+
+def attached(client: Client) -> bool:
+    """Whether graphs of ``client`` carry the settings (on its current connection)."""
+    current = client.__dict__.get("_send_to_scheduler")
+    return isinstance(current, _Courier) and current.confirmed is client.scheduler_comm
+
+
+class _Courier:
+    """Stands in for one client's ``_send_to_scheduler``."""
+
+    def __init__(self, client: Client, send: Callable[[Any, dict[str, Any]], None], confirm: Confirm) -> None:
+        self._client = weakref.ref(client)
+        self._send = send  # the class's function: no reference from here to the client
+        self._confirm = confirm
+        self.confirmed: Any = client.scheduler_comm  # the connection whose scheduler runs the route
+        self._asked: Any = None  # the connection a confirmation was last asked for
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        client = self._client()
+        if client is None:
+            return
+        if msg.get("op") == "update-graph":
+            comm = client.scheduler_comm
+            if comm is self.confirmed:
+                values = _settings_here()
+                if values is not None:
+                    msg = {**msg, FIELD: values}
+            elif comm is not None and comm is not self._asked:
+                self._asked = comm
+                client.loop.add_callback(self._reconfirm, comm)
+        self._send(client, msg)
+
+    async def _reconfirm(self, comm: Any) -> None:
+        client = self._client()
+        if client is None:
+            return
+        try:
+            if await self._confirm(client) and client.scheduler_comm is comm:
+                self.confirmed = comm
+        except Exception:  # the scheduler's settings apply meanwhile: nothing to fail
+            logger.debug("dedupgraph: could not ask the new scheduler about its route", exc_info=True)
+
+
+def _settings_here() -> dict[str, Any] | None:
+    try:
+        return to_wire(Settings.from_config())
+    except ValueError as e:
+        if _invalid_told():
+            logger.warning("dedupgraph: the settings here are invalid, the scheduler's own apply: %s", e)
+        return None
