@@ -1,5 +1,6 @@
 """Placement: where a hoisted object lives. In the graph, scattered to a cluster, or in shared memory.
 
+>>> from dedupgraph.placement import in_graph
 >>> from dedupgraph.settings import Settings
 >>> in_graph(Settings()) is None  # share="process": plain data under the hoisted key
 True
