@@ -343,7 +343,7 @@ def route_switched(client: Client, on: bool) -> Any:
 
 
 def _switch_route(dask_scheduler: Any, on: bool) -> None:
-    from dedupgraph.routes import scheduler
+    from dedupgraph.routes.distributed import plugin as scheduler
 
     if on:
         scheduler.install(dask_scheduler)

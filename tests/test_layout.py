@@ -234,3 +234,25 @@ print(json.dumps([changed, after["dedupgraph"] == dask.config.defaults[-1]["dedu
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == [["dedupgraph"], True]
+
+
+def test_every_import_of_ours_names_something_that_exists():
+    # lazy imports run only on the path that needs them: after a module moves, a stale one
+    # would fail there, long after the tests of the move passed
+    import importlib
+
+    missing = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [(alias.name, None) for alias in node.names if alias.name.split(".")[0] == "dedupgraph"]
+            elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "dedupgraph":
+                targets = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, attr in targets:
+                if module not in MODULES:
+                    missing.append(f"{name}: {module}")
+                elif attr is not None and f"{module}.{attr}" not in MODULES and not hasattr(importlib.import_module(module), attr):
+                    missing.append(f"{name}: {module}.{attr}")
+    assert missing == []
