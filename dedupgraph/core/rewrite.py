@@ -71,7 +71,7 @@ def rewrite_graph(
     By default each hoisted content becomes a ``DataNode`` under its key.  With
     ``references`` (group -> ``TaskRef``, e.g. a distributed ``Future`` of
     already scattered data) tasks reference those instead and no node is added.
-    ``place`` (from a route, e.g. ``host_share.placement``) may put a hoist
+    ``place`` (from ``dedupgraph.placement.in_graph``) may put a hoist
     elsewhere: it returns (the node to add, under its own key; the node that
     carrying tasks get instead of the object), or None for the default.
     """

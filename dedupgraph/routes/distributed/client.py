@@ -226,15 +226,16 @@ def _fix(client: Client, theirs: str | None, error: str = "") -> str:
     where = f"the scheduler at {client.scheduler.address}"
     if theirs is not None:
         what = f"{where} runs dedupgraph {theirs}, this process {__version__}"
+        why = "the names a graph refers to differ between versions: computations would fail"
     else:
         what = f"{where} cannot import dedupgraph" + (f" ({error})" if error else "")
+        why = "would fail every computation"
     return (
         f"dedupgraph: {what}, so the pass stays off in this process: the "
-        "scheduler unpickles the pass with every graph, and the names it refers to "
-        "differ between versions: every computation would fail. Fix: install "
-        f"dedupgraph {__version__} in the scheduler's environment too (and the "
-        "workers'), e.g. in the image the scheduler runs, or with "
-        f"EXTRA_PIP_PACKAGES=dedupgraph=={__version__}."
+        f"scheduler unpickles the pass with every graph, and {why}. "
+        f"Fix: install dedupgraph {__version__} in the "
+        "scheduler's environment too (and the workers'), e.g. in the image the "
+        f"scheduler runs, or with EXTRA_PIP_PACKAGES=dedupgraph=={__version__}."
     )
 
 
@@ -249,27 +250,28 @@ def warn_once(message: str) -> None:
 #: ``confirm(client) -> whether its scheduler runs the route``, asked again after a reconnection
 Confirm = Callable[["Client"], Awaitable[bool]]
 
+
 def attach(client: Client, confirm: Confirm) -> bool:
     """Add the settings in force to each graph ``client`` sends; False if this distributed has no place for it."""
     current = client.__dict__.get("_send_to_scheduler")
-    if isinstance(current, _Courier):
+    if isinstance(current, _SettingsCarrier):
         current.confirmed = client.scheduler_comm
         return True
     send = getattr(type(client), "_send_to_scheduler", None)
     if not callable(send):
         logger.debug("dedupgraph: Client._send_to_scheduler is missing; the scheduler's own settings apply")
         return False
-    client._send_to_scheduler = _Courier(client, send, confirm)  # type: ignore[method-assign]
+    client._send_to_scheduler = _SettingsCarrier(client, send, confirm)  # type: ignore[method-assign]
     return True
 
 
 def attached(client: Client) -> bool:
     """Whether graphs of ``client`` carry the settings (on its current connection)."""
     current = client.__dict__.get("_send_to_scheduler")
-    return isinstance(current, _Courier) and current.confirmed is client.scheduler_comm
+    return isinstance(current, _SettingsCarrier) and current.confirmed is client.scheduler_comm
 
 
-class _Courier:
+class _SettingsCarrier:
     """Stands in for one client's ``_send_to_scheduler``."""
 
     def __init__(self, client: Client, send: Callable[[Any, dict[str, Any]], None], confirm: Confirm) -> None:

@@ -90,13 +90,13 @@ class Route:
         try:
             slots = config_route_slots(expr)
             settings = winning_settings([slot[2] for slot in slots], submission.client_settings)
+            memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
         except Exception:
             logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
             return materialize(expr, validate)
         for node, index, pass_ in slots:
             # one pass per graph: the config route's runs here, on the whole graph, below
             node.operands[index] = pass_.base
-        memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
         if _nothing_large(expr, settings, memo):  # the layers showed nothing large: no walk
             return materialize(expr, validate)
         layers = _layer_hoisting(expr, settings, memo)
