@@ -171,7 +171,8 @@ def number(value: float) -> str:
 
 
 def ratio_text(ratio: float | None) -> str:
-    """
+    """The ratio as the table shows it; nothing for a row not measured.
+
     >>> ratio_text(145.3), ratio_text(1.4998), ratio_text(None)
     ('145x', '1.5x', '')
     """
