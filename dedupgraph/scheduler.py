@@ -3,7 +3,7 @@
 The route itself lives in :mod:`dedupgraph.routes.distributed`; what
 operators see of it (the ``/dedupgraph`` page, dedupgraph's metrics on
 ``/metrics``) in :mod:`dedupgraph.tools.dashboard` and
-:mod:`dedupgraph.tools.metrics`, which this preload adds after the route.
+:mod:`dedupgraph.tools.metrics`, which this preload adds once the route is on.
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ logger = logging.getLogger("dedupgraph")
 
 
 def dask_setup(scheduler: Scheduler) -> None:
-    """Run by distributed when this module is a scheduler preload: the route, then the page and the metrics."""
-    install(scheduler)
-    for_operators(scheduler)
+    """Run by distributed when this module is a scheduler preload: the route, then the page and the metrics.
+
+    Where the route stays off (it says why, once) the scheduler gets the
+    hint instead, and neither the page nor the metrics: they would only
+    ever show nothing.  ``dedupgraph status`` and ``dedupgraph info
+    --scheduler`` tell why.
+    """
+    if install(scheduler):
+        for_operators(scheduler)
 
 
 def for_operators(scheduler: Scheduler) -> None:
