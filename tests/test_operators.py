@@ -140,6 +140,39 @@ def test_the_page_escapes_every_value():
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 
+def test_a_scheduler_without_the_route_says_why():
+    import asyncio
+
+    from distributed import Scheduler
+
+    from dedupgraph.tools.observe import on_scheduler
+
+    async def main():
+        async with Scheduler(dashboard_address=":0") as scheduler:  # no preload: no route
+            return on_scheduler(scheduler)
+
+    found = asyncio.run(main())
+    assert found["route"] is False and "not switched on" in found["problem"] and not found["held"]
+
+
+def test_a_failing_collector_leaves_out_its_own_metrics_only(monkeypatch, caplog):
+    import asyncio
+
+    from distributed import Scheduler
+    from prometheus_client import generate_latest
+
+    def broken(scheduler):
+        raise RuntimeError("boom")
+
+    async def main():
+        async with Scheduler(dashboard_address=":0", preload=["dedupgraph.scheduler"]):
+            monkeypatch.setattr("dedupgraph.tools.metrics.snapshot", broken)
+            return generate_latest().decode()
+
+    text = asyncio.run(main())
+    assert "dedupgraph_graphs_seen_total" not in text and "python_info" in text
+
+
 # --- real processes: dask scheduler, dask worker, a client that holds a computation
 
 

@@ -57,7 +57,13 @@ class DashboardPage(RequestHandler):
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.write(render(snapshot(self.server)))
+        try:
+            page = render(snapshot(self.server))
+        except Exception as e:  # the page is a nicety: say what went wrong, log it, never more
+            logger.warning("dedupgraph: the /dedupgraph page failed", exc_info=True)
+            self.set_status(500)
+            page = f"<!DOCTYPE html><html><body><p>dedupgraph: the page failed: {_e(type(e).__name__)}: {_e(e)}</p></body></html>"
+        self.write(page)
 
 
 def mount(scheduler: Scheduler) -> str | None:

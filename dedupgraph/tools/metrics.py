@@ -38,12 +38,13 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
+from dedupgraph.once import Once
 from dedupgraph.placement import shared_memory
 from dedupgraph.routes.distributed.records import (
     LAYERS_DECLINED,
@@ -75,7 +76,10 @@ class SchedulerCollector:
     def describe(self) -> list[Metric]:
         return []  # nothing to check for names taken: registering must not collect
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> list[Metric]:
+        return _guarded(self._families)
+
+    def _families(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         totals: list[Totals] = []
@@ -145,7 +149,10 @@ class WorkerCollector:
     def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> list[Metric]:
+        return _guarded(self._families)
+
+    def _families(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         now = shared_memory()
@@ -163,7 +170,20 @@ class WorkerCollector:
         )
 
 
-def _added(dicts: Iterator[dict[str, int]] | Any) -> dict[str, int]:
+def _guarded(families: Callable[[], Iterator[Metric]]) -> list[Metric]:
+    """``families()``, or none if that raises: a failing collector would fail the whole ``/metrics``, distributed's too."""
+    try:
+        return list(families())
+    except Exception:
+        if _collect_failure_told():
+            logger.warning("dedupgraph: collecting its metrics failed; they are left out (said once)", exc_info=True)
+        return []
+
+
+_collect_failure_told = Once()
+
+
+def _added(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for d in dicts:
         for name, count in d.items():
