@@ -160,13 +160,14 @@ class Route:
                     plain = lambda: as_plain_shapes(dsk, set(hoisted))  # noqa: E731
                 plans = layers.plans
             else:
-                out, plan = self.deduplicated(dsk, settings, submission, memo)
+                plans = []
+                out = self.deduplicated(dsk, settings, submission, memo, plans=plans)
                 if out is dsk:
-                    notes.outcome, notes.cause = UNCHANGED, DRY_RUN if settings.dry_run and plan else NOTHING_TO_HOIST
+                    planned = any(plans)
+                    notes.outcome, notes.cause = UNCHANGED, DRY_RUN if settings.dry_run and planned else NOTHING_TO_HOIST
                     return dsk, annotations_by_type
                 hoisted = [key for key in out if key not in dsk]
                 plain = None if _culled_later(expr) else (lambda: dsk)
-                plans = [plan]
             self._as_plain(out, hoisted, plain, annotations_by_type, submission)
             notes.hoisted = hoisted_objects(plans, hoisted)
             notes.outcome, notes.cause = (DEDUPLICATED, "") if notes.hoisted else (UNCHANGED, NOTHING_TO_HOIST)
@@ -211,14 +212,26 @@ class Route:
                 order_as_plain(plain(), out, submission.ordering)
 
     def deduplicated(
-        self, dsk: Graph, settings: Settings, submission: Submission, memo: FingerprintMemo | None = None
-    ) -> tuple[Graph, Plan]:
-        """The pass on ``dsk``, and its plan; a graph of one task also counts other graphs of this scheduler."""
+        self,
+        dsk: Graph,
+        settings: Settings,
+        submission: Submission,
+        memo: FingerprintMemo | None = None,
+        plans: list[Plan] | None = None,
+    ) -> Graph:
+        """The pass on ``dsk``; a graph of one task also counts other graphs of this scheduler.
+
+        ``plans``: gets the plan the pass followed, for the graph's record.
+        """
         if len(dsk) == 1 and settings.min_count > 1 and not settings.dry_run:
             # within one task nothing reaches min-count: only other graphs can
-            return self._across_graphs(dsk, settings, submission)
-        out, plan = deduplicate_with_plan(dsk, settings, place=in_graph(settings), memo=memo)
-        return _as_dict(out), plan
+            out, plan = self._across_graphs(dsk, settings, submission)
+        else:
+            out, plan = deduplicate_with_plan(dsk, settings, place=in_graph(settings), memo=memo)
+            out = _as_dict(out)
+        if plans is not None:
+            plans.append(plan)
+        return out
 
     def _across_graphs(self, dsk: Graph, settings: Settings, submission: Submission) -> tuple[Graph, Plan]:
         # client.submit sends one task per graph: a large argument there is
