@@ -52,6 +52,7 @@ doctest_test_doctest_blocks = ""
 doctest_global_setup = """
 import dask
 import dask.array as da
+import distributed  # registers its config defaults before the snapshot below, as tests/conftest.py does
 import numpy as np
 import dedupgraph
 

@@ -24,11 +24,14 @@ import pytest
 from dask.base import collections_to_expr
 from distributed import Client, LocalCluster
 from distributed.protocol import serialize
+from distributed.protocol.pickle import dumps
 
 import dedupgraph
 from dedupgraph.core.pipeline import deduplicate_graph
 from dedupgraph.placement import host, in_graph
 from dedupgraph.routes.distributed.client import probe
+from dedupgraph.tools.metrics import WorkerMetrics
+from dedupgraph.tools.observe import on_scheduler
 from dedupgraph.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "how-it-works.rst"
@@ -119,6 +122,8 @@ def test_every_name_a_graph_refers_to_is_documented_and_every_documented_one_is_
         (frame,) = dedupgraph.deduplicate(df, client=client)
         seen |= names_in(frame.expr)
     seen |= {f"{probe.__module__}.{probe.__name__}"}  # pickled by the client preload itself
+    seen |= names_in(on_scheduler)  # pickled by dedupgraph status
+    seen |= names_of(dumps(WorkerMetrics()))  # pickled by the scheduler for each worker
     assert seen == documented()
 
 

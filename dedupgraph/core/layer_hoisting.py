@@ -263,7 +263,8 @@ class LayerHoisting:
     """Dask's array optimizer for one submission, hoisting in the layers first where that does all the pass would.
 
     Records what each call did: ``plans`` of those that hoisted, ``declined``
-    the count of those that left the pass to run.
+    the count of those that left the pass to run, ``failed`` the count of
+    those among them that raised.
     """
 
     def __init__(self, base: Optimizer, settings: Settings, memo: FingerprintMemo) -> None:
@@ -272,6 +273,7 @@ class LayerHoisting:
         self.memo = memo
         self.plans: list[Plan] = []
         self.declined = 0
+        self.failed = 0
 
     @property
     def applied(self) -> bool:
@@ -284,6 +286,7 @@ class LayerHoisting:
         except Exception:
             # inside distributed's materialization: never let it fail there
             logger.warning("dedupgraph: hoisting in the layers failed; the pass walks the graph", exc_info=True)
+            self.failed += 1
             hoisted = None
         if hoisted is None:
             self.declined += 1

@@ -56,14 +56,30 @@ def deduplicate_graph(
     >>> sorted(k.rsplit("-", 1)[0] for k in out)
     ['a', 'b', 'dedup-list']
     """
+    return deduplicate_with_plan(dsk, settings, place, memo)[0]
+
+
+def deduplicate_with_plan(
+    dsk: Mapping[Hashable, Any], settings: Settings, place: Place | None = None, memo: FingerprintMemo | None = None
+) -> tuple[Mapping[Hashable, Any], Plan]:
+    """:func:`deduplicate_graph`, and the plan it followed (empty where nothing is hoisted).
+
+    >>> from dask._task_spec import Task
+    >>> big = list(range(50_000))
+    >>> out, plan = deduplicate_with_plan({"a": Task("a", len, big), "b": Task("b", len, big)}, Settings())
+    >>> [(hoist.fingerprint.label, len(hoist.tasks)) for hoist in plan.hoists.values()]
+    [('list', 2)]
+
+    For a dry run the plan says what would be hoisted, and the graph is ``dsk``.
+    """
     graph = task_graph(dsk)
     with collection_paused(len(graph)):
-        out = _deduplicated(dsk, graph, settings, place, memo)
+        out, plan = _deduplicated(dsk, graph, settings, place, memo)
         if out is dsk or not isinstance(dsk, HighLevelGraph):
-            return out
+            return out, plan
         # dask reads annotations from the layers of what an optimizer returns
         changed = [key for key, node in graph.items() if out[key] is not node]
-        return relayered(dsk, out, changed)
+        return relayered(dsk, out, changed), plan
 
 
 def _deduplicated(
@@ -72,11 +88,11 @@ def _deduplicated(
     settings: Settings,
     place: Place | None,
     memo: FingerprintMemo | None,
-) -> Mapping[Hashable, Any]:
+) -> tuple[Mapping[Hashable, Any], Plan]:
     candidates, plan = planned(graph, settings, memo=memo)
     if not plan or settings.dry_run:
-        return dsk
-    return rewrite_graph(graph, plan, candidates, place=place)
+        return dsk, plan
+    return rewrite_graph(graph, plan, candidates, place=place), plan
 
 
 def planned(

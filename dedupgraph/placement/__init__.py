@@ -7,7 +7,8 @@ True
 >>> in_graph(Settings(share="host")) is not None  # its large buffers in shared memory
 True
 
-The routes call one of two functions here, and nothing else of this package:
+The routes call one of two functions here, and nothing else of this package
+(the tools also ask :func:`shared_memory` what this process maps):
 
 - :func:`in_graph` gives the pass its ``place`` argument: None puts the
   object itself under the hoisted key; with ``share="host"`` the key holds a
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the modules import dask internals that a dask may lack (see
 
     from dedupgraph.core.plan import Hoist
     from dedupgraph.core.rewrite import Place
+    from dedupgraph.placement.segments import Mapped
 
 
 def in_graph(settings: Settings) -> Place | None:
@@ -48,6 +50,17 @@ def in_graph(settings: Settings) -> Place | None:
     from dedupgraph.placement.host import placement
 
     return placement(settings)
+
+
+def shared_memory() -> Mapped:
+    """The shared-memory segments this process maps now and created (``share="host"``), for ``/metrics``.
+
+    >>> shared_memory().segments >= 0
+    True
+    """
+    from dedupgraph.placement.segments import mapped
+
+    return mapped()
 
 
 @dataclass(frozen=True)

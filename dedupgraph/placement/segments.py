@@ -21,6 +21,10 @@ process that releases them, or by a sweep: the first use of a directory in a
 process, and every exit of a process that mapped segments, removes the
 segments that no process locks.
 
+:func:`mapped` tells what this process maps now and what it created (a
+worker's ``/metrics`` shows it); the cache of mappings and two counters are
+this module's per-process state.
+
 >>> def fill(write):  # doctest: +SKIP
 ...     write(0, b"0123456789abcdef")
 >>> view = create("0123abcd" * 4, 16, limit=0.5, fill=fill)  # doctest: +SKIP
@@ -43,6 +47,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -115,6 +120,35 @@ def _no_shared_memory(why: str) -> None:
 
 _lock = threading.Lock()
 _maps: dict[str, tuple[weakref.ref[mmap.mmap], weakref.finalize]] = {}
+# segments this process published, and their bytes, since it started (for /metrics)
+_created = [0, 0]
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """What this process maps and has made of shared memory: see :func:`mapped`."""
+
+    segments: int  #: segments mapped now
+    nbytes: int  #: their bytes
+    created: int  #: segments this process published (wrote and linked) since it started
+    created_bytes: int  #: their bytes
+
+
+def mapped() -> Mapped:
+    """The segments this process maps now, and those it created since it started.
+
+    >>> now = mapped()
+    >>> now.segments >= 0 and now.nbytes >= 0 and now.created >= 0
+    True
+
+    A segment counts while any buffer, array or memoryview made from its
+    mapping lives (see the module's doc); its pages are shared with every
+    other process of the host that maps it.
+    """
+    with _lock:
+        live = [mm for mm in (ref() for ref, _ in _maps.values()) if mm is not None]
+        created, created_bytes = _created
+    return Mapped(len(live), sum(len(mm) for mm in live), created, created_bytes)
 
 
 def _cached(path: str) -> mmap.mmap | None:
@@ -306,6 +340,8 @@ class SegmentWriter:
         # lock on the written file keeps it from being removed meanwhile)
         with _lock:
             mm = _map_existing(path, self.size, self.directory)
+            _created[0] += 1
+            _created[1] += self.size
         self._discard()
         if mm is None:
             raise NoRoom(f"{path} cannot be mapped")
@@ -425,6 +461,7 @@ def _forget_after_fork() -> None:
     """In a forked child: never release the parent's locks (a lock belongs to the shared file)."""
     global _lock
     _lock = threading.Lock()
+    _created[:] = [0, 0]  # the parent's, not the child's
     for _, done in _maps.values():
         detached = done.detach()
         if detached is not None:

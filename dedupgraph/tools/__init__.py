@@ -5,9 +5,13 @@
 
 ``report`` (``dedupgraph.inspect``), ``hint`` (logged while the pass is
 off), ``cli`` (the ``dedupgraph`` command), ``script`` (``dedupgraph inspect
-script.py``), ``status`` (``dedupgraph info``) and ``testing`` (the pytest
-plugin). Tools may import the pass, placement and the routes; nothing below
+script.py``), ``status`` (``dedupgraph info``), ``testing`` (the pytest
+plugin), and for operators ``observe`` (what a scheduler's route holds and
+did), ``metrics`` (on ``/metrics``) and ``dashboard`` (the ``/dedupgraph``
+page). Tools may import the pass, placement and the routes; nothing below
 them imports a tool, except the scheduler plugin, which gives a scheduler
-the hint where the route cannot run. The benchmarks ship as
-:mod:`dedupgraph.benchmarks` (``benchmarks/`` in the repository).
+the hint where the route cannot run. The scheduler preload
+``dedupgraph.scheduler`` sets up the page and the metrics after the route.
+The benchmarks ship as :mod:`dedupgraph.benchmarks` (``benchmarks/`` in the
+repository).
 """

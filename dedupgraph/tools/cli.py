@@ -1,7 +1,8 @@
-"""The command line: ``dedupgraph info``, ``dedupgraph inspect script.py``, ``dedupgraph bench``.
+"""The command line: ``dedupgraph info``, ``dedupgraph status``, ``dedupgraph inspect script.py``, ``dedupgraph bench``.
 
     dedupgraph info                          # versions, activation, settings
     dedupgraph info --scheduler tcp://host:8786   # and whether that scheduler runs the route
+    dedupgraph status tcp://host:8786        # what its route holds now and did
     dedupgraph inspect analysis.py --day 3   # run it in dry-run mode, report every graph
     dedupgraph bench --quick                 # the benchmark suite, small
     dask dedupgraph info                     # the same commands through dask's CLI
@@ -16,6 +17,7 @@ import logging
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -74,6 +76,103 @@ def scheduler_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
     elif settings is not None:
         lines.append(f"  its own settings: {settings}")
     return "\n".join(lines), True
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the scheduler.")
+def status(address: str, timeout: float) -> None:
+    """What the route of the scheduler at ADDRESS holds now and did: hoisted objects, totals, the last graphs."""
+    text, ok = status_text(address, timeout)
+    click.echo(text)
+    if not ok:
+        sys.exit(1)
+
+
+def status_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
+    """What ``dedupgraph status ADDRESS`` prints, and whether the scheduler could be asked."""
+    import dask.config
+    from distributed import Client
+
+    from dedupgraph.routes.distributed.client import scheduler_status
+    from dedupgraph.tools.observe import on_scheduler
+
+    try:
+        with dask.config.set({"distributed.client.preload": []}):  # a bare Client, as for info
+            client = Client(address, timeout=timeout, set_as_default=False)
+    except Exception as e:  # noqa: BLE001  (reported: the scheduler is unreachable)
+        return f"scheduler {address}: cannot connect ({type(e).__name__}: {e})", False
+    with client:
+        found = client.sync(scheduler_status, client, observe=False)
+        if isinstance(found, str):  # it cannot import this dedupgraph: it could not run the question
+            return f"scheduler {address}: {found}", False
+        return format_status(address, client.run_on_scheduler(on_scheduler)), True
+
+
+def format_status(address: str, found: dict[str, Any]) -> str:
+    """The text of ``dedupgraph status`` for what ``dedupgraph.tools.observe.on_scheduler`` answered.
+
+    >>> found = {"version": "1.0", "route": True, "problem": None, "held": [], "graphs": [], "totals": {
+    ...     "graphs_seen": 0, "graphs_deduplicated": 0, "objects_hoisted": {}, "bytes_removed": 0,
+    ...     "fallbacks": {}, "failures": {}, "cpu_seconds": 0.0}}
+    >>> print(format_status("tcp://s:8786", found))  # doctest: +ELLIPSIS
+    scheduler tcp://s:8786: dedupgraph 1.0, scheduler route on
+    hoisted objects held now: none
+    ...
+    """
+    from dask.utils import format_bytes
+
+    route = "on" if found.get("route") else f"off ({found.get('problem')})"
+    lines = [f"scheduler {address}: dedupgraph {found.get('version')}, scheduler route {route}"]
+    held = found.get("held") or []
+    if not held:
+        lines.append("hoisted objects held now: none")
+    else:
+        total = sum(h["nbytes"] for h in held)
+        saved = sum(h["nbytes"] * max(h["tasks"] - 1, 0) for h in held)
+        lines.append(
+            f"hoisted objects held now: {len(held)}, {format_bytes(total)}; {format_bytes(saved)} of task payload saved"
+        )
+        rows = [("type", "size", "tasks", "saved", "workers", "key")]
+        for h in held:
+            size = format_bytes(h["nbytes"]) + ("" if h["recorded"] else " (estimate)")
+            saved_here = format_bytes(h["nbytes"] * max(h["tasks"] - 1, 0))
+            rows.append((h["label"], size, str(h["tasks"]), saved_here, ", ".join(h["workers"]), h["key"]))
+        lines += _table(rows)
+    t = found.get("totals") or {}
+    if found.get("route"):
+        hoisted = ", ".join(f"{label} {n}" for label, n in sorted(t["objects_hoisted"].items())) or "none"
+        lines += [
+            "since the route was switched on:",
+            f"  graphs received {t['graphs_seen']}, deduplicated {t['graphs_deduplicated']}",
+            f"  objects hoisted {hoisted}; task payload removed {format_bytes(t['bytes_removed'])}",
+            f"  fallbacks to the pass: {_counts(t['fallbacks'])}",
+            f"  failures (graphs left as plain dask's): {_counts(t['failures'])}",
+            f"  route CPU time {t['cpu_seconds']:.3f} s",
+        ]
+    graphs = found.get("graphs") or []
+    if graphs:
+        lines.append(f"last {len(graphs)} graph{'' if len(graphs) == 1 else 's'}, the latest last:")
+        for g in graphs:
+            outcome = g["outcome"] + (f" ({g['cause']})" if g["cause"] else "")
+            what = "; ".join(f"{h['label']} {format_bytes(h['nbytes'])} x {h['tasks']} tasks" for h in g["hoisted"])
+            extra = f", fallback: {', '.join(g['fallbacks'])}" if g["fallbacks"] else ""
+            removed = sum(h["nbytes"] * max(h["tasks"] - 1, 0) for h in g["hoisted"])
+            lines.append(
+                f"  #{g['number']} {outcome}, {g['tasks']} tasks"
+                + (f": {what}, {format_bytes(removed)} removed" if what else "")
+                + f"{extra}, CPU {g['cpu_seconds'] * 1000:.1f} ms"
+            )
+    return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
 def info_text() -> str:

@@ -17,6 +17,9 @@ One graph's way through it, in the order it is entered:
 - ``submissions``: what happens to one submitted graph: the settings that
   win, the layer hoisting or the pass (:mod:`dedupgraph.core`), and plain
   dask's keys, annotations and priorities kept.
+- ``records``: what the route did with each graph, one record, and the
+  plugin's account of them per scheduler (read by ``dedupgraph.tools.observe``
+  for the page, ``/metrics`` and ``dedupgraph status``).
 
 Modules here import the pass, placement and the other routes' modules; none
 of those imports this package, except ``deduplicate``, which asks the

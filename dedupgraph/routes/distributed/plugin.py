@@ -46,6 +46,7 @@ from dedupgraph.routes.distributed.hook import (
     release_materialize,
     wrap_update_graph,
 )
+from dedupgraph.routes.distributed.records import FAILED, SUBMISSION, GraphRecord, Observations
 from dedupgraph.routes.distributed.submissions import Route, Submission
 from dedupgraph.routes.distributed.wire import FIELD
 
@@ -69,13 +70,14 @@ def dask_teardown(scheduler: Scheduler) -> None:
 
 
 class _RoutePlugin(SchedulerPlugin):
-    """Holds one scheduler's route, and takes it out when the scheduler closes."""
+    """Holds one scheduler's route and its account of the graphs, and takes the route out when the scheduler closes."""
 
     name = PLUGIN
     deduplicates_graphs = True  #: what the hint looks for (see ``dedupgraph.tools.hint``)
 
-    def __init__(self, route: Route, undo: Any) -> None:
+    def __init__(self, route: Route, undo: Any, observations: Observations) -> None:
         self.route = route
+        self.observations = observations
         self._undo = undo
 
     def undo(self) -> None:
@@ -112,7 +114,8 @@ def install(scheduler: Scheduler) -> bool:
 
 
 def _install(scheduler: Scheduler) -> None:
-    route = Route()
+    observations = Observations()  # what the page, /metrics and ``dedupgraph status`` show
+    route = Route(observer=observations.add)
 
     def on_submission(message: dict[str, Any]) -> Any:
         client_settings = message.pop(FIELD, None)  # distributed must never see it
@@ -131,6 +134,7 @@ def _install(scheduler: Scheduler) -> None:
             )
         except Exception:
             logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
+            observations.add(GraphRecord(FAILED, SUBMISSION))
             return None
         return functools.partial(_handle, route, submission)
 
@@ -142,7 +146,7 @@ def _install(scheduler: Scheduler) -> None:
         release_materialize()
 
     try:
-        scheduler.add_plugin(_RoutePlugin(route, undo), idempotent=True)
+        scheduler.add_plugin(_RoutePlugin(route, undo, observations), idempotent=True)
     except Exception:
         undo()
         raise
@@ -165,6 +169,12 @@ def uninstall(scheduler: Scheduler) -> None:
 def route_on(scheduler: Scheduler) -> bool:
     """Whether ``scheduler`` deduplicates the graphs it receives."""
     return isinstance(scheduler.plugins.get(PLUGIN), _RoutePlugin)
+
+
+def observations(scheduler: Scheduler) -> Observations | None:
+    """``scheduler``'s account of the graphs its route handled; None where the route is off."""
+    plugin = scheduler.plugins.get(PLUGIN)
+    return plugin.observations if isinstance(plugin, _RoutePlugin) else None
 
 
 def observe(scheduler: Scheduler) -> None:

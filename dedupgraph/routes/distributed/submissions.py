@@ -15,7 +15,7 @@ optimizers in their place, so that the graph is deduplicated once, here,
 with one walk; (2) materialize as distributed does, a graph of arrays with
 the broadcast arguments of its layers hoisted first where that does all the
 pass would (``dedupgraph.core.layer_hoisting``); (3) otherwise
-deduplicate the result with ``deduplicate_graph`` and the settings that win,
+deduplicate the result with the pass and the settings that win,
 unless the graph's layers already showed that nothing in it is large
 (``dedupgraph.core.prescan``); (4) keep the task keys, annotations and
 priorities exactly as plain dask gives them (``dask.order`` runs on plain
@@ -28,6 +28,11 @@ with the graph (``dedupgraph.routes.distributed.wire``); this scheduler's own ``
 
 Any exception leaves the graph as distributed materializes it, with one
 WARNING.
+
+What the route did with each graph (outcome, hoisted objects, bytes
+removed, CPU time) becomes one record at the end, for the scheduler
+plugin's account (``dedupgraph.routes.distributed.records``): two clock
+readings per graph and one entry per hoisted object, nothing per task.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -44,11 +50,29 @@ from dask._task_spec import GraphNode
 
 from dedupgraph.core.fingerprint import FingerprintMemo
 from dedupgraph.core.layer_hoisting import LayerHoisting, installed
-from dedupgraph.core.pipeline import Graph, announce, collection_paused, deduplicate_graph
+from dedupgraph.core.pipeline import Graph, announce, collection_paused, deduplicate_with_plan
+from dedupgraph.core.plan import Plan
 from dedupgraph.core.prescan import expressions, nothing_large
+from dedupgraph.once import Once
 from dedupgraph.placement import in_graph
 from dedupgraph.routes.config import Deduplicator
 from dedupgraph.routes.distributed.hook import AnnotationsByType, Materialize
+from dedupgraph.routes.distributed.records import (
+    DEDUPLICATED,
+    DRY_RUN,
+    FAILED,
+    LAYERS_DECLINED,
+    LAYERS_FAILED,
+    MATERIALIZATION_RAISED,
+    NOTHING_LARGE,
+    NOTHING_TO_HOIST,
+    PASS,
+    PRESCAN_FAILED,
+    SETTINGS,
+    UNCHANGED,
+    GraphRecord,
+    HoistedObject,
+)
 from dedupgraph.routes.distributed.wire import from_wire
 from dedupgraph.settings import Settings
 
@@ -77,30 +101,50 @@ class Submission:
 
 
 class Route:
-    """The route of one scheduler: stateless per graph, except the keys recent single-task graphs carried."""
+    """The route of one scheduler: stateless per graph, except the keys recent single-task graphs carried.
 
-    def __init__(self) -> None:
+    ``observer``: given one :class:`~dedupgraph.routes.distributed.records.GraphRecord`
+    per graph, at the end of the route's work on it (the scheduler plugin's
+    account of its graphs); whatever it raises is logged and swallowed.
+    """
+
+    def __init__(self, observer: Observer | None = None) -> None:
         self._recent: OrderedDict[str, int] = OrderedDict()
         self._recent_lock = threading.Lock()
+        self.observer = observer
 
     def handle(
         self, materialize: Materialize, expr: Any, validate: bool, submission: Submission
     ) -> tuple[Graph, AnnotationsByType]:
         """``materialize(expr, validate)`` (distributed's), deduplicated: what the hook returns for it."""
+        started = time.thread_time()
+        notes = _Notes()
+        try:
+            return self._handled(materialize, expr, validate, submission, notes)
+        finally:
+            if self.observer is not None:
+                self._tell(notes, time.thread_time() - started)
+
+    def _handled(
+        self, materialize: Materialize, expr: Any, validate: bool, submission: Submission, notes: _Notes
+    ) -> tuple[Graph, AnnotationsByType]:
         try:
             slots = config_route_slots(expr)
             settings = winning_settings([slot[2] for slot in slots], submission.client_settings)
             memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
         except Exception:
             logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
-            return materialize(expr, validate)
+            return notes.counted(materialize(expr, validate), FAILED, SETTINGS)
         for node, index, pass_ in slots:
             # one pass per graph: the config route's runs here, on the whole graph, below
             node.operands[index] = pass_.base
-        if _nothing_large(expr, settings, memo):  # the layers showed nothing large: no walk
-            return materialize(expr, validate)
-        layers = _layer_hoisting(expr, settings, memo)
+        if _nothing_large(expr, settings, memo, notes):  # the layers showed nothing large: no walk
+            return notes.counted(materialize(expr, validate), UNCHANGED, NOTHING_LARGE)
+        layers = _layer_hoisting(expr, settings, memo, notes)
         dsk, annotations_by_type = materialize(expr, validate)
+        notes.tasks = len(dsk)
+        if layers is not None and layers.declined:
+            notes.fallbacks.append(LAYERS_FAILED if layers.failed else LAYERS_DECLINED)
         try:
             if layers is not None and layers.plans:
                 # dask's optimizer ran on hoisted layers: no walk, no pass (and, were there a call
@@ -108,24 +152,43 @@ class Route:
                 # hoisted already)
                 out = dsk
                 hoisted = [h.key for plan in layers.plans for h in plan.hoists.values() if h.key in dsk]
+                notes.tasks -= len(set(hoisted))  # materialized with the hoisted keys in it
                 for plan in layers.plans:
                     announce(plan, settings)
                 plain: Callable[[], Mapping[Hashable, Any]] | None = None
                 if layers.applied:
                     plain = lambda: as_plain_shapes(dsk, set(hoisted))  # noqa: E731
+                plans = layers.plans
             else:
-                out = self.deduplicated(dsk, settings, submission, memo)
+                plans = []
+                out = self.deduplicated(dsk, settings, submission, memo, plans=plans)
                 if out is dsk:
+                    planned = any(plans)
+                    notes.outcome, notes.cause = UNCHANGED, DRY_RUN if settings.dry_run and planned else NOTHING_TO_HOIST
                     return dsk, annotations_by_type
                 hoisted = [key for key in out if key not in dsk]
                 plain = None if _culled_later(expr) else (lambda: dsk)
             self._as_plain(out, hoisted, plain, annotations_by_type, submission)
+            notes.hoisted = hoisted_objects(plans, hoisted)
+            notes.outcome, notes.cause = (DEDUPLICATED, "") if notes.hoisted else (UNCHANGED, NOTHING_TO_HOIST)
             return out, annotations_by_type
         except Exception:
             logger.warning("dedupgraph scheduler route failed; graph left as distributed materialized it", exc_info=True)
             if submission.ordering:
                 submission.ordering.clear()  # distributed orders the graph itself
+            notes.outcome, notes.cause, notes.hoisted = FAILED, PASS, ()
             return dsk, annotations_by_type
+
+    def _tell(self, notes: _Notes, cpu_seconds: float) -> None:
+        """Hand the graph's record to the observer; never raises (observing must not fail a graph)."""
+        try:
+            assert self.observer is not None
+            self.observer(notes.record(cpu_seconds))
+        except Exception:
+            if _observer_failure_told():
+                logger.warning("dedupgraph: recording a graph for the metrics failed (said once)", exc_info=True)
+            else:
+                logger.debug("dedupgraph: recording a graph for the metrics failed", exc_info=True)
 
     @staticmethod
     def _as_plain(
@@ -149,21 +212,34 @@ class Route:
                 order_as_plain(plain(), out, submission.ordering)
 
     def deduplicated(
-        self, dsk: Graph, settings: Settings, submission: Submission, memo: FingerprintMemo | None = None
+        self,
+        dsk: Graph,
+        settings: Settings,
+        submission: Submission,
+        memo: FingerprintMemo | None = None,
+        plans: list[Plan] | None = None,
     ) -> Graph:
-        """The pass on ``dsk``; a graph of one task also counts other graphs of this scheduler."""
+        """The pass on ``dsk``; a graph of one task also counts other graphs of this scheduler.
+
+        ``plans``: gets the plan the pass followed, for the graph's record.
+        """
         if len(dsk) == 1 and settings.min_count > 1 and not settings.dry_run:
             # within one task nothing reaches min-count: only other graphs can
-            return self._across_graphs(dsk, settings, submission)
-        return _as_dict(deduplicate_graph(dsk, settings, place=in_graph(settings), memo=memo))
+            out, plan = self._across_graphs(dsk, settings, submission)
+        else:
+            out, plan = deduplicate_with_plan(dsk, settings, place=in_graph(settings), memo=memo)
+            out = _as_dict(out)
+        if plans is not None:
+            plans.append(plan)
+        return out
 
-    def _across_graphs(self, dsk: Graph, settings: Settings, submission: Submission) -> Graph:
+    def _across_graphs(self, dsk: Graph, settings: Settings, submission: Submission) -> tuple[Graph, Plan]:
         # client.submit sends one task per graph: a large argument there is
         # shared by the tasks of successive graphs, which min-count counts
         # together; once its key exists, later graphs reference it
         keys = content_keys(next(iter(dsk.values())), settings)
         if not keys:
-            return dsk
+            return dsk, Plan({})
         with self._recent_lock:
             seen = {key: self._recent.get(key, 0) for key in keys}
             for key in keys:
@@ -172,8 +248,61 @@ class Route:
             while len(self._recent) > RECENT_KEYS:
                 self._recent.popitem(last=False)
         if any(submission.live(key) or seen[key] + 1 >= settings.min_count for key in keys):
-            return _as_dict(deduplicate_graph(dsk, dataclasses.replace(settings, min_count=1), place=in_graph(settings)))
-        return dsk
+            out, plan = deduplicate_with_plan(dsk, dataclasses.replace(settings, min_count=1), place=in_graph(settings))
+            return _as_dict(out), plan
+        return dsk, Plan({})
+
+
+#: what the route hands each graph's record to
+Observer = Callable[[GraphRecord], None]
+
+_observer_failure_told = Once()
+
+
+class _Notes:
+    """What the route learns about one graph while it works on it; a :class:`GraphRecord` at the end."""
+
+    __slots__ = ("outcome", "cause", "tasks", "hoisted", "fallbacks")
+
+    def __init__(self) -> None:
+        # left so only when distributed's materialization raised: nothing else escapes the route
+        self.outcome, self.cause = UNCHANGED, MATERIALIZATION_RAISED
+        self.tasks = 0
+        self.hoisted: tuple[HoistedObject, ...] = ()
+        self.fallbacks: list[str] = []
+
+    def counted(self, materialized: tuple[Graph, AnnotationsByType], outcome: str, cause: str) -> tuple[Graph, AnnotationsByType]:
+        """``materialized``, noted as the graph's outcome."""
+        self.outcome, self.cause, self.tasks = outcome, cause, len(materialized[0])
+        return materialized
+
+    def record(self, cpu_seconds: float) -> GraphRecord:
+        return GraphRecord(self.outcome, self.cause, self.tasks, self.hoisted, cpu_seconds, tuple(self.fallbacks))
+
+
+def hoisted_objects(plans: list[Plan], added: list[Hashable]) -> tuple[HoistedObject, ...]:
+    """The hoisted objects of ``plans``, each under the key it got in the graph (one of ``added``).
+
+    >>> from dedupgraph.core.fingerprint import Fingerprint
+    >>> from dedupgraph.core.plan import Hoist
+    >>> hoist = Hoist("dedup-ndarray-" + "0" * 32, Fingerprint("0" * 32, 2400, "ndarray"), ("a", "b"), None)
+    >>> [h.key for h in hoisted_objects([Plan({"0" * 32: hoist})], ["dedup-host-ndarray-" + "0" * 32])]
+    ['dedup-host-ndarray-00000000000000000000000000000000']
+
+    With ``share="host"`` an object placed in shared memory lives under a
+    key of its own, which ends as the plan's key does.
+    """
+    added_keys = [key for key in added if isinstance(key, str)]
+    found: dict[str, HoistedObject] = {}
+    for plan in plans:
+        for hoist in plan.hoists.values():
+            key: str | None = hoist.key
+            if key not in added_keys:
+                tail = hoist.key.removeprefix("dedup-")
+                key = next((k for k in added_keys if k.endswith(tail)), None)
+            if key is not None:
+                found[key] = HoistedObject(key, hoist.fingerprint.label, hoist.fingerprint.nbytes, len(hoist.tasks))
+    return tuple(found.values())
 
 
 def _as_dict(graph: Mapping[Hashable, Any]) -> Graph:
@@ -227,21 +356,23 @@ def content_keys(node: Any, settings: Settings) -> set[str]:
     return keys
 
 
-def _nothing_large(expr: Any, settings: Settings, memo: FingerprintMemo | None = None) -> bool:
+def _nothing_large(expr: Any, settings: Settings, memo: FingerprintMemo, notes: _Notes) -> bool:
     """Whether the graph's layers show, before it is materialized, that the pass would hoist nothing."""
     try:
         return nothing_large(expr, settings, memo=memo)
     except Exception:  # only a shortcut: the pass decides
         logger.debug("dedupgraph: reading the layers failed; the pass runs", exc_info=True)
+        notes.fallbacks.append(PRESCAN_FAILED)
         return False
 
 
-def _layer_hoisting(expr: Any, settings: Settings, memo: FingerprintMemo) -> LayerHoisting | None:
+def _layer_hoisting(expr: Any, settings: Settings, memo: FingerprintMemo, notes: _Notes) -> LayerHoisting | None:
     """The layer hoisting put in place of ``expr``'s array optimizer, where it fits (``dedupgraph.core.layer_hoisting``)."""
     try:
         return installed(expr, settings, memo)
     except Exception:  # only cheaper: the pass runs after materializing
         logger.debug("dedupgraph: setting up the hoisting in the layers failed; the pass runs", exc_info=True)
+        notes.fallbacks.append(LAYERS_FAILED)
         return None
 
 
