@@ -76,7 +76,7 @@ def _deduplicated(
     candidates, plan = planned(graph, settings, memo=memo)
     if not plan or settings.dry_run:
         return dsk
-    return rewrite_graph(graph, plan, candidates, place=place)
+    return rewrite_graph(graph, plan, candidates, place=place, check_mutation=settings.check_mutation)
 
 
 def planned(
