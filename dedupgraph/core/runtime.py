@@ -41,9 +41,9 @@ logger = logging.getLogger("dedupgraph")
 #: sets it, so that worker processes and local process pools report to it too).
 REPORT_ENV = "DEDUPGRAPH_MUTATION_REPORT"
 
-# function name -> whether its change was reported in this process: one per function
-# that changed an object, so it grows no further than the functions a program has
-_reported: dict[str, Once] = {}
+# (report file, function name) -> whether its change was reported in this process: one
+# per function that changed an object (and per run of a tool that names a new file)
+_reported: dict[tuple[str | None, str], Once] = {}
 
 
 def call(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -127,7 +127,8 @@ def type_name(obj: Any) -> str:
 
 def report_mutation(name: str, obj: Any) -> None:
     """Log that ``name`` changed ``obj``, once per function in this process, and append it to the report file."""
-    if not _reported.setdefault(name, Once())():  # setdefault is atomic: one Once per name
+    path = os.environ.get(REPORT_ENV)
+    if not _reported.setdefault((path, name), Once())():  # setdefault is atomic: one Once per name
         return
     kind = type_name(obj)
     logger.warning(
@@ -138,13 +139,22 @@ def report_mutation(name: str, obj: Any) -> None:
         kind,
         kind,
     )
-    path = os.environ.get(REPORT_ENV)
     if path:
         try:
             with open(path, "a") as f:  # one short line per write: appends from several processes stay whole
                 f.write(json.dumps({"function": name, "type": kind, "pid": os.getpid()}) + "\n")
         except OSError as e:  # the report is a tool's; the task's result must not depend on it
             logger.debug("dedupgraph: could not append to %s=%s: %s", REPORT_ENV, path, e)
+
+
+def reported(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(function, type) of each change appended to the report file ``path``, once each, in order."""
+    try:
+        with open(path) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:  # nothing changed anything
+        return []
+    return list(dict.fromkeys((line["function"], line["type"]) for line in lines))
 
 
 def read_only_message(receipt: Received, error: ValueError) -> str:
