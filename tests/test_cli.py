@@ -156,8 +156,8 @@ def test_inspect_check_mutation_names_the_functions_that_change_a_hoisted_object
     # changed in a local process pool and in a LocalCluster's workers, reported once; the reader is not named
     assert out.endswith(
         "mutation check: 1 function changed a hoisted object it received:\n"
-        "  __main__.fill changed a __main__.Buffer: keep it per task with dedupgraph.keep_inline(obj), "
-        "or dedupgraph.enable(exclude=['__main__.Buffer'])\n"
+        "  __main__.fill changed a __main__.Buffer; keep it per task: dedupgraph.keep_inline(obj) for this "
+        "object, or dedupgraph.enable(exclude=['__main__.Buffer']) for its type\n"
     )
 
 

@@ -114,7 +114,7 @@ def digest(obj: Any) -> int | None:
 
 
 def type_name(obj: Any) -> str:
-    """The fully qualified name of the type to exclude for ``obj``: for a bound method, its instance's.
+    """The fully qualified name of ``obj``'s type; for a bound method, its instance's (what a call changes).
 
     >>> type_name([1]), type_name(Received("f", (), (), ()).changed)
     ('builtins.list', 'dedupgraph.core.runtime.Received')
@@ -125,44 +125,60 @@ def type_name(obj: Any) -> str:
     return f"{typ.__module__}.{typ.__qualname__}"
 
 
+def fix_for(obj: Any) -> str:
+    """How to keep ``obj`` per task: the advice of the check's WARNING and of the read-only error.
+
+    >>> print(fix_for([1]))
+    dedupgraph.keep_inline(obj) for this object, or dedupgraph.enable(exclude=['builtins.list']) for its type
+    >>> print(fix_for(Received("f", (), (), ()).changed))
+    dedupgraph.enable(exclude=['builtins.method']) for every bound method (neither keep_inline nor excluding dedupgraph.core.runtime.Received reaches a method of one)
+    """
+    if isinstance(obj, types.MethodType):
+        return (
+            "dedupgraph.enable(exclude=['builtins.method']) for every bound method (neither keep_inline nor "
+            f"excluding {type_name(obj)} reaches a method of one)"
+        )
+    return f"dedupgraph.keep_inline(obj) for this object, or dedupgraph.enable(exclude=[{type_name(obj)!r}]) for its type"
+
+
 def report_mutation(name: str, obj: Any) -> None:
     """Log that ``name`` changed ``obj``, once per function in this process, and append it to the report file."""
     path = os.environ.get(REPORT_ENV)
     if not _reported.setdefault((path, name), Once())():  # setdefault is atomic: one Once per name
         return
-    kind = type_name(obj)
+    kind, fix = type_name(obj), fix_for(obj)
     logger.warning(
         "dedupgraph check-mutation: %s changed the %s it received through a hoisted key; every task of this "
         "process that needs the object receives the same one, so other tasks may see the change. Keep it "
-        "per task: dedupgraph.keep_inline(obj) for this object, or dedupgraph.enable(exclude=[%r]) for its type",
+        "per task: %s",
         name,
         kind,
-        kind,
+        fix,
     )
     if path:
         try:
             with open(path, "a") as f:  # one short line per write: appends from several processes stay whole
-                f.write(json.dumps({"function": name, "type": kind, "pid": os.getpid()}) + "\n")
+                f.write(json.dumps({"function": name, "type": kind, "fix": fix, "pid": os.getpid()}) + "\n")
         except OSError as e:  # the report is a tool's; the task's result must not depend on it
             logger.debug("dedupgraph: could not append to %s=%s: %s", REPORT_ENV, path, e)
 
 
-def reported(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """(function, type) of each change appended to the report file ``path``, once each, in order."""
+def reported(path: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
+    """(function, type, fix) of each change appended to the report file ``path``, once each, in order."""
     try:
         with open(path) as f:
             lines = [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:  # nothing changed anything
         return []
-    return list(dict.fromkeys((line["function"], line["type"]) for line in lines))
+    return list(dict.fromkeys((line["function"], line["type"], line["fix"]) for line in lines))
 
 
 def read_only_message(receipt: Received, error: ValueError) -> str:
     """Why a write into a host-shared object failed, and the ways out."""
     kinds = ", ".join(sorted({type_name(obj) for obj in receipt.shared})) or "object"
+    fix = fix_for(receipt.shared[0]) if receipt.shared else "dedupgraph.keep_inline(obj)"
     return (
         f"{error} (dedupgraph: {receipt.name} wrote into a buffer of a {kinds} that dedupgraph shares "
         "between the worker processes of this host, read-only, because share=\"host\"; copy it before "
-        "writing (arr.copy()), keep the object per task with dedupgraph.keep_inline(obj) or "
-        f"dedupgraph.enable(exclude=[{kinds.split(', ')[0]!r}]), or use share=\"process\")"
+        f"writing (arr.copy()), keep it per task: {fix}, or use share=\"process\")"
     )

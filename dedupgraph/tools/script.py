@@ -78,18 +78,16 @@ class Mutation:
     """A function that changed a hoisted object it received, and the object's type."""
 
     function: str  #: its qualified name, as the check's WARNING gives it
-    type: str  #: the fully qualified type to exclude
+    type: str  #: the fully qualified type of what it changed
+    fix: str  #: how to keep the object per task, as the WARNING says it
 
     def message(self) -> str:
         """One line: who changed what, and the fix.
 
-        >>> print(Mutation("analysis.fill", "analysis.Buffer").message())
-        analysis.fill changed a analysis.Buffer: keep it per task with dedupgraph.keep_inline(obj), or dedupgraph.enable(exclude=['analysis.Buffer'])
+        >>> print(Mutation("analysis.fill", "analysis.Buffer", "dedupgraph.keep_inline(obj)").message())
+        analysis.fill changed a analysis.Buffer; keep it per task: dedupgraph.keep_inline(obj)
         """
-        return (
-            f"{self.function} changed a {self.type}: keep it per task with dedupgraph.keep_inline(obj), "
-            f"or dedupgraph.enable(exclude=[{self.type!r}])"
-        )
+        return f"{self.function} changed a {self.type}; keep it per task: {self.fix}"
 
 
 def check_script(path: str | Path, argv: Sequence[str] = ()) -> tuple[list[Computed], list[Mutation], int]:
@@ -108,7 +106,7 @@ def check_script(path: str | Path, argv: Sequence[str] = ()) -> tuple[list[Compu
         report = Path(folder) / "mutations.jsonl"
         with _environment(REPORT_ENV, str(report)), enable(check_mutation=True), observing(observe):
             status = _run(script, argv)
-        changed = [Mutation(function, kind) for function, kind in reported(report)]
+        changed = [Mutation(*found) for found in reported(report)]
     return computed, changed, status
 
 
