@@ -224,6 +224,8 @@ def qualified_name(func: Any) -> str:
 
     >>> qualified_name(functools.partial(max, 1)), qualified_name(str.upper), qualified_name(qualified_name)
     ('builtins.max', 'builtins.str.upper', 'dedupgraph.core.rewrite.qualified_name')
+    >>> qualified_name(Hoist), qualified_name(_execute_subgraph)
+    ('dedupgraph.core.plan.Hoist', 'dask._task_spec._execute_subgraph')
     """
     while isinstance(func, functools.partial):
         func = func.func
@@ -231,7 +233,7 @@ def qualified_name(func: Any) -> str:
         func = func.__func__
     qualname = getattr(func, "__qualname__", None)
     module = getattr(func, "__module__", None) or getattr(getattr(func, "__objclass__", None), "__module__", None)
-    if not isinstance(qualname, str) or not isinstance(module, str):
+    if not isinstance(qualname, str):  # a callable instance: its type
         typ = type(func)
         return f"{typ.__module__}.{typ.__qualname__}"
-    return f"{module}.{qualname}"
+    return f"{module}.{qualname}" if isinstance(module, str) else qualname  # exec'd code may have no module
