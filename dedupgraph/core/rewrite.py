@@ -143,7 +143,8 @@ class Guard:
         self.watched = {g for g, h in plan.hoists.items() if g in refs and not is_immutable(h.value)} if check_mutation else set()
         self.read_only = set(read_only) & set(refs)
         self.callables = {key: plan.hoists[g].value for key, g in self.by_key.items() if callable(plan.hoists[g].value)}
-        # fused tasks of one layer share their inner graph: each is rewritten once
+        # fused tasks of one layer share their inner graph: each is rewritten once (the
+        # entry holds the old graph too, so that its id is not reused while the memo lives)
         self._inner: dict[tuple[int, frozenset[tuple[Hashable, str]]], tuple[Any, dict[Hashable, Any]]] = {}
 
     def __bool__(self) -> bool:
