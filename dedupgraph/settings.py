@@ -35,7 +35,7 @@ class Settings:
     """What the pass hoists.
 
     >>> Settings(min_bytes=1024, min_count=3)
-    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5)
+    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5, check_mutation=False)
 
     ``min_bytes``: pickled size from which a repeated object is hoisted.
     ``min_count``: how many tasks must carry the same content.
@@ -51,6 +51,9 @@ class Settings:
     ``share_min_bytes``: out-of-band buffer bytes from which ``share="host"`` applies.
     ``share_limit``: the most that dedupgraph's segments may take of a host's
     shared memory: a fraction (0 to 1) of ``/dev/shm``'s size, or a number of bytes.
+    ``check_mutation``: each task that receives a hoisted mutable object digests
+    it before and after its function runs, and a change is logged (one WARNING
+    per function and process): a check to run before production.
     """
 
     min_bytes: int = 64 * 1024
@@ -62,14 +65,15 @@ class Settings:
     share: str = "process"
     share_min_bytes: int = 2**20
     share_limit: float | int = 0.5
+    check_mutation: bool = False
 
     def __post_init__(self) -> None:
         _check_int("min-bytes", self.min_bytes, minimum=0)
         _check_int("min-count", self.min_count, minimum=1)
         if self.hint_bytes is not None:
             _check_int("hint-bytes", self.hint_bytes, minimum=0)
-        if not isinstance(self.dry_run, bool):
-            raise ValueError(f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
+        _check_bool("dry-run", self.dry_run)
+        _check_bool("check-mutation", self.check_mutation)
         _check_choice("merge-equal", self.merge_equal, MERGE_EQUAL_CHOICES)
         _check_choice("share", self.share, SHARE_CHOICES)
         _check_int("share-min-bytes", self.share_min_bytes, minimum=0)
@@ -135,7 +139,7 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             value = None  # DASK_DEDUPGRAPH__HINT_BYTES=False switches the hint off
         if field in _BYTE_FIELDS and isinstance(value, str):
             value = _parse_byte_string(_BYTE_FIELDS[field], value)
-        if field == "dry_run" and isinstance(value, str):
+        if field in ("dry_run", "check_mutation") and isinstance(value, str):
             value = _parse_bool_string(value)
         if field == "exclude":
             value = _type_names(value)
@@ -206,6 +210,11 @@ def _check_share_limit(value: object) -> None:
         raise ValueError(f"dedupgraph setting 'share-limit' as a fraction must be within 0 and 1, got {value}")
     if isinstance(value, int) and value < 0:
         raise ValueError(f"dedupgraph setting 'share-limit' must be >= 0, got {value}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"dedupgraph setting {name!r} must be True or False, got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -36,6 +36,7 @@ def test_info_in_a_plain_process():
     assert "pass: off" in out and "client preload" not in out
     assert "min-bytes   64.00 kiB (65536)" in out and "hint-bytes  10.00 MiB" in out
     assert "merge-equal immutable" in out and "share       process" in out and "share-limit 50% of /dev/shm" in out
+    assert "check-mutation False" in out
 
 
 def test_info_names_the_environment_route_preload_and_settings():
@@ -117,6 +118,58 @@ def test_inspect_reports_what_ran_before_a_failure(tmp_path):
     assert done.returncode == 1
     assert "RuntimeError: the script failed" in done.stderr
     assert "computed 4 graphs" in done.stdout
+
+
+CHANGES = """
+    import dask, dask.array as da, numpy as np
+    from dask import delayed
+    from distributed import Client, LocalCluster
+
+    class Buffer:
+        def __init__(self):
+            self.data = np.zeros(100_000)
+            self.filled = 0
+
+    def fill(i, buf):
+        buf.filled += 1
+        return i
+
+    def total(block, buf):
+        return block + buf.data.sum()
+
+    if __name__ == "__main__":
+        buf = Buffer()
+        print("processes", sum(dask.compute(*[delayed(fill)(i, buf) for i in range(6)], scheduler="processes")))
+        print("threads", float(da.ones((8, 4), chunks=(1, 4)).map_blocks(total, buf).sum().compute(scheduler="threads")))
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, Client(c):
+            print("cluster", sum(dask.compute(*[delayed(fill)(i, buf) for i in range(6)])))
+"""
+
+
+def test_inspect_check_mutation_names_the_functions_that_change_a_hoisted_object(tmp_path):
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent(CHANGES))
+    out = run(str(BIN / "dedupgraph"), "inspect", "--check-mutation", str(script), cwd=tmp_path).stdout
+    # results as without dedupgraph, the pass on
+    assert "processes 15\nthreads 32.0\ncluster 15\n" in out
+    assert "analysis.py computed 3 graphs (check-mutation: the pass on)" in out
+    # changed in a local process pool and in a LocalCluster's workers, reported once; the reader is not named
+    assert out.endswith(
+        "mutation check: 1 function changed a hoisted object it received:\n"
+        "  __main__.fill changed a __main__.Buffer; keep it per task: dedupgraph.keep_inline(obj) for this "
+        "object, or dedupgraph.enable(exclude=['__main__.Buffer']) for its type\n"
+    )
+
+
+def test_inspect_check_mutation_of_a_script_that_only_reads(tmp_path):
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    done = run(str(BIN / "dedupgraph"), "inspect", "--check-mutation", str(script), cwd=tmp_path, check=False)
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert "dry-run False" in done.stdout and f"total {20 * 10 * 30_000:.1f}" in done.stdout
+    assert "hoisted ['dedup-Mapper-" in done.stdout  # the pass really ran
+    assert "mutation check: no function changed a hoisted object it received (in this host's processes)." in done.stdout
+    assert "check-mutation" not in done.stderr
 
 
 def test_inspect_a_script_without_dask(tmp_path):

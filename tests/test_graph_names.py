@@ -21,6 +21,7 @@ import dask.bag as db
 import dask.dataframe as dd
 import pandas as pd
 import pytest
+from dask._task_spec import _execute_subgraph
 from dask.base import collections_to_expr
 from distributed import Client, LocalCluster
 from distributed.protocol import serialize
@@ -28,6 +29,7 @@ from distributed.protocol.pickle import dumps
 
 import dedupgraph
 from dedupgraph.core.pipeline import deduplicate_graph
+from dedupgraph.core.runtime import call_guarded
 from dedupgraph.placement import host, in_graph
 from dedupgraph.routes.distributed.client import probe
 from dedupgraph.tools.metrics import WorkerMetrics
@@ -101,10 +103,17 @@ def test_every_name_a_graph_refers_to_is_documented_and_every_documented_one_is_
     calls = [dask.delayed(holder.apply)(i) for i in range(4)]
     (deduped,) = dedupgraph.deduplicate(calls, client=False)
     seen |= names_in(dict(deduped[0].dask))
-    # share="host": a handle under the hoisted key, unwrapped by the carrying tasks
     graph = dict(x.__dask_optimize__(x.__dask_graph__(), x.__dask_keys__()))
+    # check-mutation: the tasks that receive a mutable hoisted object check it through the runtime
+    checked = Settings(check_mutation=True)
+    seen |= names_in(deduplicate_graph(graph, checked))
+    seen |= names_in(dedupgraph.deduplicate(calls, client=False, check_mutation=True))
+    # share="host": a handle under the hoisted key, unwrapped by the carrying tasks, which say
+    # so when they write into it
     per_host = Settings(share="host", share_min_bytes=1)
     hoisted = deduplicate_graph(graph, per_host, place=in_graph(per_host))
+    assert any(node.func is _execute_subgraph and any(inner.func is call_guarded for inner in node.args[0].values())
+               for node in hoisted.values() if hasattr(node, "func"))
     seen |= names_in(hoisted)
     # ... which travels between workers as distributed serializes it: the type by name,
     # and, to a process of the same host, as a ticket to the segment

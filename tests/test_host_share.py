@@ -34,6 +34,7 @@ import dedupgraph
 from dedupgraph.placement import host as host_share
 from dedupgraph.placement import segments as shared_memory
 from dedupgraph.core.pipeline import deduplicate_graph
+from dedupgraph.core.runtime import SharedReadOnlyError
 from dedupgraph.placement import in_graph as placement_for
 from dedupgraph.settings import Settings
 
@@ -217,6 +218,35 @@ def test_writing_to_a_shared_array_fails_with_numpys_read_only_error(client, shm
     # The traceback holds the futures; on the workers, the failed tasks' frames hold views of
     # the arrays, in reference cycles that only a garbage collection in that process breaks.
     del caught
+    assert eventually_empty(shm, collect_on=client) == []
+
+
+def writes_its_own(i):
+    own = np.zeros(3)
+    own.flags.writeable = False
+    own[0] = 1.0
+    return i
+
+
+def test_a_write_into_a_shared_buffer_says_that_dedupgraph_shares_it_and_how_to_opt_out(client, shm):
+    table = Table(seed=5.0)
+    writes = [delayed(overwrite)(i, table) for i in range(4)]
+    with dedupgraph.enable(share="host"), pytest.raises(SharedReadOnlyError) as by_config:
+        dask.compute(*writes)
+    (deduped,) = dedupgraph.deduplicate(writes, client=client, share="host")
+    with pytest.raises(SharedReadOnlyError) as by_scatter:
+        dask.compute(*deduped)
+    for caught in (by_config, by_scatter):
+        message = str(caught.value)
+        assert isinstance(caught.value, ValueError) and "assignment destination is read-only" in message
+        for says in (f"{__name__}.overwrite", 'share="host"', "arr.copy()", "dedupgraph.keep_inline(obj)",
+                     f"exclude=['{__name__}.Table']", 'share="process"'):
+            assert says in message, says
+    # a task that received no shared object keeps numpy's own error
+    with dedupgraph.enable(share="host"), pytest.raises(ValueError, match="read-only") as own:
+        dask.compute(*[delayed(probe)(i, table, 0.0) for i in range(4)], delayed(writes_its_own)(0))
+    assert type(own.value) is ValueError
+    del by_config, by_scatter, caught, own, deduped  # tracebacks hold futures (see the test above)
     assert eventually_empty(shm, collect_on=client) == []
 
 

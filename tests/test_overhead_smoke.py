@@ -47,3 +47,19 @@ def test_the_scheduler_routes_own_work_is_timed_by_the_benchmark_alone(scenario)
     row = scheduler_cost.measure("array", scenario, 2000, repeat=1)
     assert row.hoisted == (scenario == "shared")
     assert 0 < row.own_share < 1
+
+
+def test_the_mutation_check_benchmark_times_the_seed_scenario_checked_and_not():
+    from dedupgraph.benchmarks import mutation_check
+
+    row = mutation_check.measure("threads", 20, repeat=1)
+    assert row.checked == 20 and row.off_s > 0 and row.on_s > 0
+    assert 0 < mutation_check.digest_s(mutation_check.Mapper(), repeat=3) < 1
+    out = subprocess.run(
+        [sys.executable, "-m", "dedupgraph.benchmarks.mutation_check", "--quick", "--places", "threads"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    assert out.splitlines()[2].startswith("| threads | 40 | 40 |") and "one digest of the seed's Mapper" in out

@@ -36,12 +36,14 @@ def test_environment_variables_override_defaults():
         "DASK_DEDUPGRAPH__SHARE": "host",
         "DASK_DEDUPGRAPH__SHARE_MIN_BYTES": "4 MiB",
         "DASK_DEDUPGRAPH__SHARE_LIMIT": "0.25",
+        "DASK_DEDUPGRAPH__CHECK_MUTATION": "true",
     }
     code = "import dedupgraph; print(dedupgraph.Settings.from_config())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (
         "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=(), hint_bytes=1073741824, "
-        "merge_equal='always', share='host', share_min_bytes=4194304, share_limit=0.25)"
+        "merge_equal='always', share='host', share_min_bytes=4194304, share_limit=0.25, "
+        "check_mutation=True)"
     )
 
 
@@ -92,6 +94,9 @@ def test_hint_bytes_can_be_switched_off(off):
         ({"share_limit": 1.5}, "share-limit"),
         ({"share_limit": "half"}, "share-limit"),
         ({"share_limit": -1}, "share-limit"),
+        ({"check_mutation": "maybe"}, "check-mutation"),
+        ({"check_mutation": 1}, "check-mutation"),
+        ({"check_mutation": None}, "check-mutation"),
     ],
 )
 def test_invalid_settings_name_the_setting(settings, name):

@@ -241,10 +241,11 @@ def optimized_with_layer_hoists(
     None, and ``base`` not run, unless all of the pass's work can be done
     in the layers. ``base`` must be dask's own array optimizer, whose fusion
     this module knows (the caller tells). Not for dry runs, shared memory
-    (``share="host"`` places the object otherwise) or DEBUG logs (which name
-    what the pass leaves inline): the pass does those.
+    (``share="host"`` places the object otherwise), ``check_mutation``
+    (carrying tasks call the check: each is rebuilt) or DEBUG logs (which
+    name what the pass leaves inline): the pass does those.
     """
-    if settings.dry_run or settings.share == "host" or logger.isEnabledFor(logging.DEBUG):
+    if settings.dry_run or settings.share == "host" or settings.check_mutation or logger.isEnabledFor(logging.DEBUG):
         return None
     hoisted = hoisted_in_layers(dsk, keys, settings, memo)
     if hoisted is None:

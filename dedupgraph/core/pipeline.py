@@ -92,7 +92,7 @@ def _deduplicated(
     candidates, plan = planned(graph, settings, memo=memo)
     if not plan or settings.dry_run:
         return dsk, plan
-    return rewrite_graph(graph, plan, candidates, place=place), plan
+    return rewrite_graph(graph, plan, candidates, place=place, check_mutation=settings.check_mutation), plan
 
 
 def planned(

@@ -238,7 +238,7 @@ class TaskTransformer:
         if func is not task.func:
             args = (func, *args)
             func = call
-        return _rebuilt(task, func, args, kwargs)
+        return rebuilt(task, func, args, kwargs)
 
     def visit_function(self, func: Callable[..., Any], where: str) -> Any:
         # A coroutine function called through ``call`` would not be awaited.
@@ -290,7 +290,7 @@ class TaskTransformer:
         if not inner_changed:
             if new_deps is deps:
                 return task
-            return _rebuilt(task, task.func, (inner, outkey, inkeys, *new_deps), task.kwargs)
+            return rebuilt(task, task.func, (inner, outkey, inkeys, *new_deps), task.kwargs)
         # Inner tasks that now reference a hoisted key get it as an extra input.
         provided = set(new_inner) | set(inkeys)
         extra = sorted(
@@ -310,7 +310,7 @@ class TaskTransformer:
             *new_deps,
             *(TaskRef(k) for k in extra),
         )
-        return _rebuilt(task, task.func, args, task.kwargs)
+        return rebuilt(task, task.func, args, task.kwargs)
 
     def _visit_inner(self, key: Any, node: Any) -> Any:
         if isinstance(node, DataNode):
@@ -343,7 +343,7 @@ class TaskTransformer:
         return values if all(n is o for n, o in zip(new, values.values())) else dict(zip(values, new))
 
 
-def _rebuilt(task: Task, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
+def rebuilt(task: Task, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
     """A new task like ``task`` (same type, key and extra slots) with new contents."""
     if type(task) is Task:  # the common case, without the generic slot lookup
         return Task(task.key, func, *args, _data_producer=task._data_producer, **kwargs)

@@ -89,6 +89,14 @@ class Scattered:
 
         return references(refs, self.hoists)
 
+    def read_only(self) -> frozenset[str]:
+        """The digests of the hoists that tasks receive from shared memory, read-only (``share="host"``)."""
+        if not self.per_host:
+            return frozenset()
+        from dedupgraph.placement.host import HostShared
+
+        return frozenset(d for d, hoist in self.hoists.items() if isinstance(hoist.value, HostShared))
+
     def lost_tasks(self, broadcast: bool) -> dict[Any, GraphNode]:
         """The graph entries that turn the loss of a scattered object into a clear error (see ``scatter.lost``)."""
         from dedupgraph.placement.scatter import lost_object_task

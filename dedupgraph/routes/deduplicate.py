@@ -121,8 +121,9 @@ def _deduplicated(
     candidates, plan = planned(graph, settings, source="deduplicate: ")
     if not plan or settings.dry_run:
         return None
+    check = settings.check_mutation
     if client is None:
-        out = rewrite_graph(graph, plan, candidates, place=in_graph(settings))
+        out = rewrite_graph(graph, plan, candidates, place=in_graph(settings), check_mutation=check)
         return Rewritten(out, out)
     from dedupgraph.routes.distributed.client import scheduler_imports_dedupgraph
 
@@ -132,10 +133,13 @@ def _deduplicated(
     lost = done.lost_tasks(broadcast) if scheduler_imports_dedupgraph(client) else {}
     holding: Graph = {}
     referring: Graph = {}
+    shared = done.read_only()
     if legacy:
-        holding = {**rewrite_graph(graph, plan, candidates, references=done.references(holding=True)), **lost}
+        references = done.references(holding=True)
+        holding = {**rewrite_graph(graph, plan, candidates, references=references, check_mutation=check, read_only=shared), **lost}
     if exprs:
-        referring = {**rewrite_graph(graph, plan, candidates, references=done.references(holding=False)), **lost}
+        references = done.references(holding=False)
+        referring = {**rewrite_graph(graph, plan, candidates, references=references, check_mutation=check, read_only=shared), **lost}
     return Rewritten(holding, referring, {ref.key: ref for ref in done.refs.values()}, renamable=bool(lost))
 
 

@@ -4,6 +4,7 @@
     dedupgraph info --scheduler tcp://host:8786   # and whether that scheduler runs the route
     dedupgraph status tcp://host:8786        # what its route holds now and did
     dedupgraph inspect analysis.py --day 3   # run it in dry-run mode, report every graph
+    dedupgraph inspect --check-mutation analysis.py   # run it checked: which functions change a hoisted object
     dedupgraph bench --quick                 # the benchmark suite, small
     dask dedupgraph info                     # the same commands through dask's CLI
 
@@ -17,9 +18,12 @@ import logging
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from dedupgraph.tools.script import Mutation
 
 
 @click.group(name="dedupgraph")
@@ -233,6 +237,7 @@ def info_text() -> str:
         f"  share       {settings.share}",
         f"  share-min-bytes {format_bytes(settings.share_min_bytes)} ({settings.share_min_bytes})",
         f"  share-limit {_share_limit(settings.share_limit)}",
+        f"  check-mutation {settings.check_mutation}",
     ]
     return "\n".join(lines)
 
@@ -246,14 +251,22 @@ def _share_limit(limit: float | int) -> str:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-v", "--verbose", count=True, help="Show dedupgraph's log: -v INFO, -vv DEBUG (every object left inline).")
+@click.option(
+    "--check-mutation",
+    is_flag=True,
+    help="Run with the pass and its mutation check on instead of a dry run, and name the functions "
+    "that change a hoisted object they receive (options go before SCRIPT).",
+)
 @click.argument("script", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
+def inspect(verbose: int, check_mutation: bool, script: Path, args: tuple[str, ...]) -> None:
     """Run SCRIPT (with ARGS) in dry-run mode and report each graph it computes.
 
     Results are those of the script without dedupgraph; the exit status is the script's.
+    With --check-mutation the pass is on, and each function that changed a hoisted
+    object it received is named, with the fix.
     """
-    from dedupgraph.tools.script import inspect_script
+    from dedupgraph.tools.script import check_script, inspect_script
 
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
@@ -261,16 +274,36 @@ def inspect(verbose: int, script: Path, args: tuple[str, ...]) -> None:
         logger = logging.getLogger("dedupgraph")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-    computed, status = inspect_script(script, args)
+    if check_mutation:
+        computed, changed, status = check_script(script, args)
+    else:
+        (computed, status), changed = inspect_script(script, args), []
     sys.stdout.flush()
+    how = "check-mutation: the pass on" if check_mutation else "dry run: nothing changed"
     if not computed:
         click.echo(f"\ndedupgraph inspect: {script.name} computed no dask collections.")
     else:
         n = len(computed)
-        click.echo(f"\ndedupgraph inspect: {script.name} computed {n} graph{'' if n == 1 else 's'} (dry run: nothing changed)")
+        click.echo(f"\ndedupgraph inspect: {script.name} computed {n} graph{'' if n == 1 else 's'} ({how})")
     for index, c in enumerate(computed, 1):
         click.echo(f"\ngraph {index} of {len(computed)}, computed at {c.where}\n{c.report}")
+    if check_mutation:
+        click.echo(f"\n{mutation_text(changed)}")
     sys.exit(status)
+
+
+def mutation_text(changed: list[Mutation]) -> str:
+    """What ``inspect --check-mutation`` says of the functions that changed a hoisted object.
+
+    >>> print(mutation_text([]))
+    mutation check: no function changed a hoisted object it received (in this host's processes).
+    """
+    if not changed:
+        return "mutation check: no function changed a hoisted object it received (in this host's processes)."
+    n = len(changed)
+    lines = [f"mutation check: {n} function{'' if n == 1 else 's'} changed a hoisted object it received:"]
+    lines += [f"  {m.message()}" for m in changed]
+    return "\n".join(lines)
 
 
 @cli.command()

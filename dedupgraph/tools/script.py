@@ -2,6 +2,8 @@
 
 >>> computed, status = inspect_script("analysis.py", ["--input", "data.csv"])  # doctest: +SKIP
 >>> print(computed[0].where, computed[0].report)  # doctest: +SKIP
+>>> computed, changed, status = check_script("analysis.py")  # doctest: +SKIP
+>>> print(changed[0].message())  # doctest: +SKIP
 
 Behind ``dedupgraph inspect script.py``.  Every ``compute`` and ``persist``,
 dask's (``dask.compute``, ``x.compute()``, ``x.persist()``) and a distributed
@@ -10,6 +12,13 @@ script runs, a wrapper of that function reports them first, with
 :func:`dedupgraph.inspect`, whatever the scheduler and the collection type.
 That is the one observation point all computations share.  The wrapper is
 put in place for the length of the run only, and taken out afterwards.
+
+Behind ``dedupgraph inspect --check-mutation script.py``, :func:`check_script`
+runs the script with the pass and its mutation check on instead, and names
+the functions that changed a hoisted object they received: the processes of
+this host report them to one file (``dedupgraph.core.runtime.REPORT_ENV``),
+which the script's own process, a local ``processes`` pool and the workers of
+a ``LocalCluster`` inherit.
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import runpy
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dedupgraph.core.runtime import REPORT_ENV, reported
 from dedupgraph.routes.activation import enable
 from dedupgraph.tools.report import Report, inspect
 
@@ -59,6 +71,56 @@ def inspect_script(path: str | Path, argv: Sequence[str] = ()) -> tuple[list[Com
     with enable(dry_run=True), observing(observe):
         status = _run(script, argv)
     return computed, status
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A function that changed a hoisted object it received, and the object's type."""
+
+    function: str  #: its qualified name, as the check's WARNING gives it
+    type: str  #: the fully qualified type of what it changed
+    fix: str  #: how to keep the object per task, as the WARNING says it
+
+    def message(self) -> str:
+        """One line: who changed what, and the fix.
+
+        >>> print(Mutation("analysis.fill", "analysis.Buffer", "dedupgraph.keep_inline(obj)").message())
+        analysis.fill changed a analysis.Buffer; keep it per task: dedupgraph.keep_inline(obj)
+        """
+        return f"{self.function} changed a {self.type}; keep it per task: {self.fix}"
+
+
+def check_script(path: str | Path, argv: Sequence[str] = ()) -> tuple[list[Computed], list[Mutation], int]:
+    """Run ``path`` with the pass and ``check_mutation`` on: its computations, the functions that changed a hoisted object, its exit status.
+
+    The processes that report are those of this host that inherit this
+    process's environment; a remote cluster's workers only log their WARNING.
+    """
+    script = Path(path).resolve()
+    computed: list[Computed] = []
+
+    def observe(collections: Any) -> None:
+        computed.append(Computed(_call_site(script), inspect(collections)))
+
+    with tempfile.TemporaryDirectory(prefix="dedupgraph-check-") as folder:
+        report = Path(folder) / "mutations.jsonl"
+        with _environment(REPORT_ENV, str(report)), enable(check_mutation=True), observing(observe):
+            status = _run(script, argv)
+        changed = [Mutation(*found) for found in reported(report)]
+    return computed, changed, status
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 @contextlib.contextmanager
