@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,55 @@ from dask.utils import parse_bytes
 
 CONFIG_KEY = "dedupgraph"
 _DEFAULTS_FILE = pathlib.Path(__file__).with_name("dedupgraph.yaml")
+
+
+class InvalidSetting(ValueError):
+    """A value that dedupgraph refuses for one setting, which ``setting`` names (``"min-count"``).
+
+    >>> try:
+    ...     Settings(min_count=0)
+    ... except InvalidSetting as e:
+    ...     print(e.setting, "|", e)
+    min-count | dedupgraph setting 'min-count' must be >= 1, got 0
+    """
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+# The settings whose invalid value this process has reported: a warn-once flag per
+# setting (never more names than there are settings), shared by every route, so
+# that one mistake makes one warning, whoever meets it first.
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def first_report(error: BaseException) -> bool:
+    """Whether ``error`` is this process's first report of the invalid setting it names.
+
+    >>> error = InvalidSetting("example", "dedupgraph setting 'example' ...")
+    >>> first_report(error), first_report(error)
+    (True, False)
+
+    Errors that name no setting count as one kind per exception type.
+    """
+    name = getattr(error, "setting", None) or f"<{type(error).__qualname__}>"
+    with _reported_lock:
+        if name in _reported:
+            return False
+        _reported.add(name)
+        return True
+
+
+def warn_invalid(error: BaseException, outcome: str, stacklevel: int = 2) -> None:
+    """A ``RuntimeWarning``: ``error``, then ``outcome``; once per setting and process.
+
+    >>> warn_invalid(InvalidSetting("example-2", "dedupgraph setting 'example-2' ..."), "graphs run as plain dask")  # doctest: +SKIP
+    RuntimeWarning: dedupgraph setting 'example-2' ...; graphs run as plain dask
+    """
+    if first_report(error):
+        warnings.warn(f"{error}; {outcome}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def register_defaults() -> None:
@@ -69,7 +120,7 @@ class Settings:
         if self.hint_bytes is not None:
             _check_int("hint-bytes", self.hint_bytes, minimum=0)
         if not isinstance(self.dry_run, bool):
-            raise ValueError(f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
+            raise InvalidSetting("dry-run", f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
         _check_choice("merge-equal", self.merge_equal, MERGE_EQUAL_CHOICES)
         _check_choice("share", self.share, SHARE_CHOICES)
         _check_int("share-min-bytes", self.share_min_bytes, minimum=0)
@@ -77,7 +128,8 @@ class Settings:
         if not isinstance(self.exclude, tuple) or not all(
             isinstance(name, str) and name.strip() for name in self.exclude
         ):
-            raise ValueError(
+            raise InvalidSetting(
+                "exclude",
                 "dedupgraph setting 'exclude' must be a list of fully qualified type "
                 f"names such as 'mypackage.Model', got {self.exclude!r}"
             )
@@ -94,7 +146,8 @@ class Settings:
         """
         configured = dask.config.get(CONFIG_KEY, default={}) or {}
         if not isinstance(configured, Mapping):
-            raise ValueError(
+            raise InvalidSetting(
+                CONFIG_KEY,
                 f"dask config {CONFIG_KEY!r} must be a mapping of settings, "
                 f"got {configured!r}"
             )
@@ -128,7 +181,8 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
         field = str(name).replace("-", "_")
         if field not in _FIELDS:
             known = ", ".join(sorted(f"{CONFIG_KEY}.{f.replace('_', '-')}" for f in _FIELDS))
-            raise ValueError(
+            raise InvalidSetting(
+                str(name),
                 f"unknown dedupgraph setting {name!r} (from {origin}); known settings: {known}"
             )
         if field == "hint_bytes" and _means_off(value):
@@ -163,7 +217,8 @@ def _parse_byte_string(name: str, text: str) -> int:
     try:
         return int(parse_bytes(text))
     except (ValueError, TypeError) as e:
-        raise ValueError(
+        raise InvalidSetting(
+            name,
             f"dedupgraph setting {name!r} must be a number of bytes or a byte "
             f"string like '64 KiB', got {text!r}"
         ) from e
@@ -198,19 +253,21 @@ def _share_limit(value: Any) -> Any:
 
 def _check_share_limit(value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
+        raise InvalidSetting(
+            "share-limit",
             "dedupgraph setting 'share-limit' must be a fraction of /dev/shm (0 to 1) "
             f"or a number of bytes, got {value!r}"
         )
     if isinstance(value, float) and not 0 <= value <= 1:
-        raise ValueError(f"dedupgraph setting 'share-limit' as a fraction must be within 0 and 1, got {value}")
+        raise InvalidSetting("share-limit", f"dedupgraph setting 'share-limit' as a fraction must be within 0 and 1, got {value}")
     if isinstance(value, int) and value < 0:
-        raise ValueError(f"dedupgraph setting 'share-limit' must be >= 0, got {value}")
+        raise InvalidSetting("share-limit", f"dedupgraph setting 'share-limit' must be >= 0, got {value}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(
+        raise InvalidSetting(
+            name,
             f"dedupgraph setting {name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}"
         )
 
@@ -218,9 +275,10 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: object, minimum: int) -> None:
     # bool is an int subclass, but min-count=True is surely a mistake
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(
+        raise InvalidSetting(
+            name,
             f"dedupgraph setting {name!r} must be an integer, got {value!r} "
             f"({type(value).__name__})"
         )
     if value < minimum:
-        raise ValueError(f"dedupgraph setting {name!r} must be >= {minimum}, got {value}")
+        raise InvalidSetting(name, f"dedupgraph setting {name!r} must be >= {minimum}, got {value}")

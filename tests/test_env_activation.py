@@ -28,7 +28,13 @@ def installed_pth() -> Path:
 
 
 def run(code: str, value: str | None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run_with({}, code, value, timeout)
+
+
+def run_with(variables: dict[str, str], code: str, value: str | None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``code`` in a new interpreter, with DASK_DEDUPGRAPH__ENABLED=``value`` (None: unset) and ``variables``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env.update(variables)
     if value is not None:
         env["DASK_DEDUPGRAPH__ENABLED"] = value
     done = subprocess.run(
@@ -163,3 +169,37 @@ def test_a_fresh_virtualenv_install_ships_the_hook(tmp_path):
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
     )
     assert out.stdout.strip() == "Deduplicator"
+
+
+@pytest.mark.parametrize("first_import", ["import dask", "import dedupgraph"])
+def test_a_value_that_is_neither_true_nor_false_warns_once(first_import):
+    code = f"""
+        import sys, warnings
+        warnings.simplefilter("always")
+        print("dask before", "dask" in sys.modules)
+        with warnings.catch_warnings(record=True) as caught:
+            {first_import}
+            import dask.array
+        print(type(dask.config.get("array_optimize", None)).__name__)
+        for w in caught:
+            if "DASK_DEDUPGRAPH__ENABLED" in str(w.message):
+                print(f"{{w.category.__name__}}: {{w.message}}")
+    """
+    lines = run(code, " Maybe ").stdout.splitlines()
+    assert lines[:2] == ["dask before False", "NoneType"]  # nothing imported at start-up; the pass off
+    [warning] = lines[2:]
+    assert warning.startswith("RuntimeWarning: DASK_DEDUPGRAPH__ENABLED=' Maybe ' is neither true nor false")
+    assert all(v in warning for v in ("true, 1, yes (the pass on)", "false, 0, no, or unset (off)", "stays off"))
+
+
+def test_an_invalid_setting_is_reported_once_and_the_computation_runs():
+    code = """
+        import dask.array as da
+        x = da.ones(10, chunks=2).map_blocks(lambda b, t: b + len(t), list(range(40_000)))
+        print(int(x.sum().compute()))
+        print(int(x.sum().compute(scheduler="sync")))
+    """
+    done = run_with({"DASK_DEDUPGRAPH__MIN_BYTES": "banana"}, code, "True")
+    assert done.stdout.split() == ["400010", "400010"]
+    assert done.stderr.count("banana") == 1, done.stderr
+    assert "min-bytes" in done.stderr and "RuntimeWarning" in done.stderr
