@@ -101,7 +101,9 @@ class Settings:
     buffers of hoisted objects in shared memory, one copy per host).
     ``share_min_bytes``: out-of-band buffer bytes from which ``share="host"`` applies.
     ``share_limit``: the most that dedupgraph's segments may take of a host's
-    shared memory: a fraction (0 to 1) of ``/dev/shm``'s size, or a number of bytes.
+    shared memory: a fraction (``0 < f <= 1``) of ``/dev/shm``'s size, or a
+    byte size of at least 1 MiB (``"8 GiB"``, ``1048576``); a smaller number,
+    which could be meant either way, is refused.
     """
 
     min_bytes: int = 64 * 1024
@@ -192,6 +194,13 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
         if field == "dry_run" and isinstance(value, str):
             value = _parse_bool_string(value)
         if field == "exclude":
+            if origin == "argument" and isinstance(value, str):
+                raise InvalidSetting(
+                    "exclude",
+                    f"dedupgraph setting 'exclude' must be a list of fully qualified type names, "
+                    f"got the string {value!r}: pass a list, like exclude=[{value!r}] (a comma-separated "
+                    "string is read only from dask config and DASK_DEDUPGRAPH__EXCLUDE)",
+                )
             value = _type_names(value)
         if field in ("merge_equal", "share") and isinstance(value, str):
             value = value.strip().lower()
@@ -251,17 +260,24 @@ def _share_limit(value: Any) -> Any:
     return value
 
 
+# The smallest byte count share-limit takes: a smaller number is surely a fraction
+# (0, 1) or a size whose unit was forgotten (2 for 2 GiB), not a limit that could
+# hold one segment (share-min-bytes defaults to 1 MiB).
+SHARE_LIMIT_MIN_BYTES = 2**20
+
+
 def _check_share_limit(value: object) -> None:
+    accepted = (
+        "dedupgraph setting 'share-limit' must be a fraction of /dev/shm's size, 0 < f <= 1 "
+        f"(like 0.5), or a byte size of at least {SHARE_LIMIT_MIN_BYTES} bytes (like '8 GiB', "
+        f"'1 MiB' or {SHARE_LIMIT_MIN_BYTES}), got {value!r}"
+    )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSetting(
-            "share-limit",
-            "dedupgraph setting 'share-limit' must be a fraction of /dev/shm (0 to 1) "
-            f"or a number of bytes, got {value!r}"
-        )
-    if isinstance(value, float) and not 0 <= value <= 1:
-        raise InvalidSetting("share-limit", f"dedupgraph setting 'share-limit' as a fraction must be within 0 and 1, got {value}")
-    if isinstance(value, int) and value < 0:
-        raise InvalidSetting("share-limit", f"dedupgraph setting 'share-limit' must be >= 0, got {value}")
+        raise InvalidSetting("share-limit", accepted)
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise InvalidSetting("share-limit", accepted)
+    if isinstance(value, int) and value < SHARE_LIMIT_MIN_BYTES:
+        raise InvalidSetting("share-limit", accepted)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
