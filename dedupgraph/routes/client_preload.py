@@ -30,7 +30,8 @@ import dask.config
 from dedupgraph.version import __version__
 from dedupgraph.routes import courier
 from dedupgraph.routes.activation import OPTIMIZER_KEYS, enable
-from dedupgraph.routes.config import Deduplicator
+from dedupgraph.routes.config import INVALID_OUTCOME, Deduplicator
+from dedupgraph.settings import warn_invalid
 
 if TYPE_CHECKING:
     from distributed import Client, Scheduler
@@ -59,7 +60,10 @@ async def dask_setup(client: Client) -> None:
         switch_off()
         warn_once(found)
         return
-    enable()
+    try:
+        enable()
+    except ValueError as e:  # a setting made invalid since: the Client must start all the same
+        warn_invalid(e, INVALID_OUTCOME)
     if found.get("route"):
         courier.attach(client, scheduler_route_on)
     else:

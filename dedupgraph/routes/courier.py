@@ -7,7 +7,9 @@ The settings are read from this process's ``dask.config`` when the graph is
 sent (so ``with dedupgraph.enable(...)`` and ``dask.config.set(...)`` around
 ``persist`` apply, even after the block has ended by the time the scheduler
 materializes the graph) and added to the ``update-graph`` message
-(``dedupgraph.routes.wire``), which the route takes them out of.
+(``dedupgraph.routes.wire``), which the route takes them out of.  Invalid
+settings here send ``wire.PLAIN`` instead, with one warning per setting: the
+graph then runs as plain dask, whatever the scheduler's own settings.
 
 A scheduler without the route would refuse a message with an unknown field,
 and close the client's connection: they are only added on the connection
@@ -19,13 +21,13 @@ scheduler has confirmed it again.
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from dedupgraph.settings import Settings
-from dedupgraph.routes.wire import FIELD, to_wire
+from dedupgraph.settings import Settings, warn_invalid
+from dedupgraph.routes.config import INVALID_OUTCOME
+from dedupgraph.routes.wire import FIELD, PLAIN, to_wire
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -34,10 +36,6 @@ logger = logging.getLogger("dedupgraph")
 
 #: ``confirm(client) -> whether its scheduler runs the route``, asked again after a reconnection
 Confirm = Callable[["Client"], Awaitable[bool]]
-
-_warned_invalid = False
-_warned_lock = threading.Lock()
-
 
 def attach(client: Client, confirm: Confirm) -> bool:
     """Add the settings in force to each graph ``client`` sends; False if this distributed has no place for it."""
@@ -76,9 +74,7 @@ class _Courier:
         if msg.get("op") == "update-graph":
             comm = client.scheduler_comm
             if comm is self.confirmed:
-                values = _settings_here()
-                if values is not None:
-                    msg = {**msg, FIELD: values}
+                msg = {**msg, FIELD: _settings_here()}
             elif comm is not None and comm is not self._asked:
                 self._asked = comm
                 client.loop.add_callback(self._reconfirm, comm)
@@ -95,13 +91,9 @@ class _Courier:
             logger.debug("dedupgraph: could not ask the new scheduler about its route", exc_info=True)
 
 
-def _settings_here() -> dict[str, Any] | None:
-    global _warned_invalid
+def _settings_here() -> dict[str, Any]:
     try:
         return to_wire(Settings.from_config())
     except ValueError as e:
-        with _warned_lock:
-            warn, _warned_invalid = not _warned_invalid, True
-        if warn:
-            logger.warning("dedupgraph: the settings here are invalid, the scheduler's own apply: %s", e)
-        return None
+        warn_invalid(e, INVALID_OUTCOME)
+        return dict(PLAIN)
