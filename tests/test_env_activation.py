@@ -203,3 +203,28 @@ def test_an_invalid_setting_is_reported_once_and_the_computation_runs():
     assert done.stdout.split() == ["400010", "400010"]
     assert done.stderr.count("banana") == 1, done.stderr
     assert "min-bytes" in done.stderr and "RuntimeWarning" in done.stderr
+
+
+def test_clients_log_no_preload_lines_about_dedupgraph_and_keep_the_others(tmp_path):
+    (tmp_path / "otherpreload.py").write_text("def dask_setup(client):\n    pass\n")
+    code = """
+        import logging, sys
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+        from distributed import Client, LocalCluster
+        with LocalCluster(n_workers=0, processes=False, dashboard_address=None, silence_logs=False) as cluster:
+            print("route", "dedupgraph-route" in cluster.scheduler.plugins)
+            with Client(cluster) as client:
+                print("client preloads", [p.name for p in client.preloads])
+    """
+    done = run_with(
+        {"DASK_DISTRIBUTED__CLIENT__PRELOAD": '["otherpreload"]', "PYTHONPATH": str(tmp_path)}, code, "True"
+    )
+    lines = done.stdout.splitlines()
+    assert "route True" in lines and "client preloads ['otherpreload', 'dedupgraph.preload']" in lines
+    preloading = [line for line in lines if line.startswith("distributed.preloading")]
+    assert [line for line in preloading if "dedupgraph" in line] == []
+    assert {
+        "distributed.preloading INFO Creating preload: otherpreload",
+        "distributed.preloading INFO Import preload module: otherpreload",
+        "distributed.preloading INFO Run preload setup: otherpreload",
+    } <= set(preloading)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -49,6 +50,7 @@ def enable(**settings: Any) -> ConfigChange:
     written = {f"dedupgraph.{name.replace('_', '-')}" for name in settings}
     config = {k: v for k, v in chosen.as_config().items() if k in written}
     preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS, None), SCHEDULER_ROUTE)
+    quiet_preload_lines()
     return ConfigChange({**OPTIMIZER_KEYS, **config, SCHEDULER_PRELOADS: preloads})
 
 
@@ -171,6 +173,39 @@ def _default(path: list[str] | tuple[str, ...]) -> Any:
         else:
             return d
     return _MISSING
+
+
+PRELOADING_LOGGER = "distributed.preloading"
+
+
+class QuietPreloads(logging.Filter):
+    """Drops distributed's INFO lines about loading dedupgraph's own preloads, and no other line.
+
+    >>> record = logging.makeLogRecord({"msg": "Run preload setup: %s", "args": ("dedupgraph.preload",), "levelno": logging.INFO})
+    >>> QuietPreloads().filter(record)
+    False
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True  # failures of our preloads are for everyone to see
+        args = record.args
+        name = args[0] if isinstance(args, tuple) and args else None
+        return not (isinstance(name, str) and name.split(".", 1)[0] == "dedupgraph")
+
+
+def quiet_preload_lines() -> None:
+    """Keep distributed from logging three INFO lines per preload of ours at every Client and scheduler.
+
+    With the environment route every new ``Client`` loads ``dedupgraph.preload``
+    and every scheduler started here ``dedupgraph.scheduler``; distributed
+    says so at INFO ("Creating preload", "Import preload module", "Run
+    preload setup").  A filter on its ``distributed.preloading`` logger drops
+    those lines only; its level and handlers stay as they are (idempotent).
+    """
+    logger = logging.getLogger(PRELOADING_LOGGER)
+    if not any(isinstance(f, QuietPreloads) for f in logger.filters):
+        logger.addFilter(QuietPreloads())
 
 
 def preload_list(value: Any) -> list[str]:
