@@ -25,19 +25,20 @@ CONFIG_KEY = "dedupgraph"
 _DEFAULTS_FILE = pathlib.Path(__file__).with_name("dedupgraph.yaml")
 
 
-class InvalidSetting(ValueError):
-    """A value that dedupgraph refuses for one setting, which ``setting`` names (``"min-count"``).
+def invalid_setting(setting: str, message: str) -> ValueError:
+    """The error for a value dedupgraph refuses: a ``ValueError`` whose ``setting`` names the setting.
 
-    >>> try:
-    ...     Settings(min_count=0)
-    ... except InvalidSetting as e:
-    ...     print(e.setting, "|", e)
-    min-count | dedupgraph setting 'min-count' must be >= 1, got 0
+    >>> error = invalid_setting("min-count", "dedupgraph setting 'min-count' must be >= 1, got 0")
+    >>> error.setting, isinstance(error, ValueError)
+    ('min-count', True)
+
+    A plain ``ValueError`` (tracebacks read ``ValueError: dedupgraph setting
+    ...``, as always); the attribute lets each setting be reported once
+    (:func:`first_report`).
     """
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(message)
-        self.setting = setting
+    error = ValueError(message)
+    error.setting = setting  # type: ignore[attr-defined]
+    return error
 
 
 # The settings whose invalid value this process has reported: a warn-once flag per
@@ -50,7 +51,7 @@ _reported_lock = threading.Lock()
 def first_report(error: BaseException) -> bool:
     """Whether ``error`` is this process's first report of the invalid setting it names.
 
-    >>> error = InvalidSetting("example", "dedupgraph setting 'example' ...")
+    >>> error = invalid_setting("example", "dedupgraph setting 'example' ...")
     >>> first_report(error), first_report(error)
     (True, False)
 
@@ -67,7 +68,7 @@ def first_report(error: BaseException) -> bool:
 def warn_invalid(error: BaseException, outcome: str, stacklevel: int = 2) -> None:
     """A ``RuntimeWarning``: ``error``, then ``outcome``; once per setting and process.
 
-    >>> warn_invalid(InvalidSetting("example-2", "dedupgraph setting 'example-2' ..."), "graphs run as plain dask")  # doctest: +SKIP
+    >>> warn_invalid(invalid_setting("example-2", "dedupgraph setting 'example-2' ..."), "graphs run as plain dask")  # doctest: +SKIP
     RuntimeWarning: dedupgraph setting 'example-2' ...; graphs run as plain dask
     """
     if first_report(error):
@@ -122,7 +123,7 @@ class Settings:
         if self.hint_bytes is not None:
             _check_int("hint-bytes", self.hint_bytes, minimum=0)
         if not isinstance(self.dry_run, bool):
-            raise InvalidSetting("dry-run", f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
+            raise invalid_setting("dry-run", f"dedupgraph setting 'dry-run' must be True or False, got {self.dry_run!r}")
         _check_choice("merge-equal", self.merge_equal, MERGE_EQUAL_CHOICES)
         _check_choice("share", self.share, SHARE_CHOICES)
         _check_int("share-min-bytes", self.share_min_bytes, minimum=0)
@@ -130,7 +131,7 @@ class Settings:
         if not isinstance(self.exclude, tuple) or not all(
             isinstance(name, str) and name.strip() for name in self.exclude
         ):
-            raise InvalidSetting(
+            raise invalid_setting(
                 "exclude",
                 "dedupgraph setting 'exclude' must be a list of fully qualified type "
                 f"names such as 'mypackage.Model', got {self.exclude!r}"
@@ -148,7 +149,7 @@ class Settings:
         """
         configured = dask.config.get(CONFIG_KEY, default={}) or {}
         if not isinstance(configured, Mapping):
-            raise InvalidSetting(
+            raise invalid_setting(
                 CONFIG_KEY,
                 f"dask config {CONFIG_KEY!r} must be a mapping of settings, "
                 f"got {configured!r}"
@@ -183,7 +184,7 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
         field = str(name).replace("-", "_")
         if field not in _FIELDS:
             known = ", ".join(sorted(f"{CONFIG_KEY}.{f.replace('_', '-')}" for f in _FIELDS))
-            raise InvalidSetting(
+            raise invalid_setting(
                 str(name),
                 f"unknown dedupgraph setting {name!r} (from {origin}); known settings: {known}"
             )
@@ -195,7 +196,7 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             value = _parse_bool_string(value)
         if field == "exclude":
             if origin == "argument" and isinstance(value, str):
-                raise InvalidSetting(
+                raise invalid_setting(
                     "exclude",
                     f"dedupgraph setting 'exclude' must be a list of fully qualified type names, "
                     f"got the string {value!r}: pass a list, like exclude=[{value!r}] (a comma-separated "
@@ -226,7 +227,7 @@ def _parse_byte_string(name: str, text: str) -> int:
     try:
         return int(parse_bytes(text))
     except (ValueError, TypeError) as e:
-        raise InvalidSetting(
+        raise invalid_setting(
             name,
             f"dedupgraph setting {name!r} must be a number of bytes or a byte "
             f"string like '64 KiB', got {text!r}"
@@ -273,16 +274,16 @@ def _check_share_limit(value: object) -> None:
         f"'1 MiB' or {SHARE_LIMIT_MIN_BYTES}), got {value!r}"
     )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSetting("share-limit", accepted)
+        raise invalid_setting("share-limit", accepted)
     if isinstance(value, float) and not 0 < value <= 1:
-        raise InvalidSetting("share-limit", accepted)
+        raise invalid_setting("share-limit", accepted)
     if isinstance(value, int) and value < SHARE_LIMIT_MIN_BYTES:
-        raise InvalidSetting("share-limit", accepted)
+        raise invalid_setting("share-limit", accepted)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise InvalidSetting(
+        raise invalid_setting(
             name,
             f"dedupgraph setting {name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}"
         )
@@ -291,10 +292,10 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: object, minimum: int) -> None:
     # bool is an int subclass, but min-count=True is surely a mistake
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSetting(
+        raise invalid_setting(
             name,
             f"dedupgraph setting {name!r} must be an integer, got {value!r} "
             f"({type(value).__name__})"
         )
     if value < minimum:
-        raise InvalidSetting(name, f"dedupgraph setting {name!r} must be >= {minimum}, got {value}")
+        raise invalid_setting(name, f"dedupgraph setting {name!r} must be >= {minimum}, got {value}")
