@@ -113,7 +113,11 @@ class ConfigChange:
         d, path, existing = self.config, [], len(keys) - 1
         for depth, part in enumerate(keys[:-1]):
             name = dask.config.canonical_name(part, d)
-            if not isinstance(d.get(name), dict):
+            if name in d and not isinstance(d[name], dict):
+                # a value where a section goes: it comes back on exit, as any value replaced here
+                self._undo.append(((*path, name), d[name], _default([*path, name]) is not _MISSING, depth))
+                d[name] = {}
+            elif name not in d:
                 existing = min(existing, depth)
                 d[name] = {}
             path.append(name)
