@@ -102,7 +102,9 @@ def activate() -> None:
             import dedupgraph  # noqa: F401  (which calls activate() again, enabled this time)
 
             return
-        module.enable()
+        from dedupgraph.routes.activation import switch_on
+
+        switch_on()  # dedupgraph.enable(), but an optimizer of the user's own stays
         # Every new Client first checks that its scheduler can import
         # dedupgraph, and switches the pass off (with one warning) if not:
         # the scheduler unpickles the pass with every graph.

@@ -228,3 +228,18 @@ def test_clients_log_no_preload_lines_about_dedupgraph_and_keep_the_others(tmp_p
         "distributed.preloading INFO Import preload module: otherpreload",
         "distributed.preloading INFO Run preload setup: otherpreload",
     } <= set(preloading)
+
+
+def test_new_clients_keep_an_optimizer_of_the_users_own():
+    code = """
+        import dask
+        from distributed import Client, LocalCluster
+
+        def mine(dsk, keys, **kwargs):
+            return dsk
+
+        dask.config.set(array_optimize=mine)  # after the hook switched the pass on
+        with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, Client(cluster):
+            print(dask.config.get("array_optimize") is mine, type(dask.config.get("delayed_optimize")).__name__)
+    """
+    assert run(code, "True").stdout.split() == ["True", "Deduplicator"]

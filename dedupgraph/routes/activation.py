@@ -17,7 +17,7 @@ from typing import Any
 
 import dask.config
 
-from dedupgraph.routes.config import Deduplicator, dedup, dedup_bag, dedup_delayed
+from dedupgraph.routes.config import Deduplicator, dedup, dedup_bag, dedup_delayed, known_optimizer
 from dedupgraph.settings import Settings
 
 OPTIMIZER_KEYS = {
@@ -46,12 +46,37 @@ def enable(**settings: Any) -> ConfigChange:
     route too (``dedupgraph.scheduler`` becomes a scheduler preload), which
     covers DataFrames and array-expr arrays.
     """
+    return _switched_on(OPTIMIZER_KEYS, settings)
+
+
+def switch_on() -> ConfigChange:
+    """``enable()`` as the environment route and the client preload do it, at start-up and at each new Client.
+
+    >>> def mine(dsk, keys, **kwargs):
+    ...     return dsk
+    >>> with dask.config.set(array_optimize=mine), switch_on():
+    ...     dask.config.get("array_optimize") is mine, dask.config.get("delayed_optimize") is dedup_delayed
+    (True, True)
+
+    Nobody asked these for the pass by name, so an optimizer that is neither
+    dask's nor dedupgraph's (the user's own, or a library's) stays as it is:
+    the pass is off for that collection.  Keys that hold nothing, dask's
+    optimizer, or dedupgraph's (after ``disable()``) get the pass.
+    """
+    keys = {
+        key: value for key, value in OPTIMIZER_KEYS.items()
+        if (current := dask.config.get(key, None)) is None or known_optimizer(current)
+    }
+    return _switched_on(keys, {})
+
+
+def _switched_on(optimizers: Mapping[str, Deduplicator], settings: Mapping[str, Any]) -> ConfigChange:
     chosen = Settings.from_config(**settings)
     written = {f"dedupgraph.{name.replace('_', '-')}" for name in settings}
     config = {k: v for k, v in chosen.as_config().items() if k in written}
     preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS, None), SCHEDULER_ROUTE)
     quiet_preload_lines()
-    return ConfigChange({**OPTIMIZER_KEYS, **config, SCHEDULER_PRELOADS: preloads})
+    return ConfigChange({**optimizers, **config, SCHEDULER_PRELOADS: preloads})
 
 
 def disable() -> ConfigChange:

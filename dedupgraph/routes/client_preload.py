@@ -29,7 +29,7 @@ import dask.config
 
 from dedupgraph.version import __version__
 from dedupgraph.routes import courier
-from dedupgraph.routes.activation import OPTIMIZER_KEYS, enable
+from dedupgraph.routes.activation import OPTIMIZER_KEYS, switch_on
 from dedupgraph.routes.config import INVALID_OUTCOME, Deduplicator
 from dedupgraph.settings import warn_invalid
 
@@ -61,7 +61,7 @@ async def dask_setup(client: Client) -> None:
         warn_once(found)
         return
     try:
-        enable()
+        switch_on()  # an optimizer of the user's own stays
     except ValueError as e:  # a setting made invalid since: the Client must start all the same
         warn_invalid(e, INVALID_OUTCOME)
     if found.get("route"):
