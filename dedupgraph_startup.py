@@ -55,7 +55,10 @@ def requested() -> bool:
 
 
 def unrecognized() -> bool:
-    """Whether the variable holds something that is neither true nor false (nor empty)."""
+    """Whether the variable holds something that is neither true nor false (nor empty).
+
+    >>> # DASK_DEDUPGRAPH__ENABLED=maybe: unrecognized() is True, requested() False
+    """
     value = _value()
     return bool(value) and value not in TRUE_VALUES and value not in FALSE_VALUES
 
@@ -65,7 +68,10 @@ def _value() -> str:
 
 
 def dask_imported() -> None:
-    """What the variable asks for, once dask is imported: enable the pass, or warn that its value means nothing."""
+    """What the variable asks for, once dask is imported: enable the pass, or warn that its value means nothing.
+
+    >>> # import dask   (with DASK_DEDUPGRAPH__ENABLED=True: the pass is on when it returns)
+    """
     if requested():
         activate()
     elif unrecognized():

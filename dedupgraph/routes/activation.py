@@ -226,6 +226,10 @@ class QuietPreloads(logging.Filter):
 def quiet_preload_lines() -> None:
     """Keep distributed from logging three INFO lines per preload of ours at every Client and scheduler.
 
+    >>> quiet_preload_lines()
+    >>> [type(f).__name__ for f in logging.getLogger("distributed.preloading").filters]
+    ['QuietPreloads']
+
     With the environment route every new ``Client`` loads ``dedupgraph.preload``
     and every scheduler started here ``dedupgraph.scheduler``; distributed
     says so at INFO ("Creating preload", "Import preload module", "Run

@@ -34,7 +34,11 @@ except ImportError:  # Windows: no flock, and no segments either
 
 @dataclass(frozen=True)
 class Segment:
-    """One file of this user's in the segment directory."""
+    """One file of this user's in the segment directory.
+
+    >>> Segment("dedupgraph-0-ab.123-cafe.tmp", 4096, 1.0, True).unfinished
+    True
+    """
 
     name: str
     nbytes: int  #: bytes it takes in shared memory (allocated, not apparent)
@@ -48,7 +52,11 @@ class Segment:
 
 
 def segments(directory: Path) -> list[Segment]:
-    """This user's dedupgraph files in ``directory``, oldest first; none are changed."""
+    """This user's dedupgraph files in ``directory``, oldest first; none are changed.
+
+    >>> [s.in_use for s in segments(shared_memory.segment_dir())]  # doctest: +SKIP
+    [False, True]
+    """
     mine = f"{shared_memory.PREFIX}{os.getuid()}-"
     now = time.time()
     found = []
@@ -68,6 +76,9 @@ def segments(directory: Path) -> list[Segment]:
 
 def in_use(path: str) -> bool | None:
     """Whether a process holds a lock on ``path`` (maps it, or is writing it); None if it cannot be told.
+
+    >>> in_use("/nonexistent/dedupgraph-0-00") is None
+    True
 
     Asks for an exclusive lock without waiting and lets it go at once: the
     file itself is left as it is.
@@ -90,7 +101,14 @@ def in_use(path: str) -> bool | None:
 
 
 def table(found: list[Segment], directory: Path) -> str:
-    """What ``dedupgraph segments`` prints."""
+    """What ``dedupgraph segments`` prints.
+
+    >>> print(table([Segment("dedupgraph-0-ab", 4096, 5.0, False)], Path("/dev/shm")))
+    /dev/shm: 1 dedupgraph segment of this user, 4.00 kiB; 1 mapped by no live process
+    segment          size      age  in use
+    dedupgraph-0-ab  4.00 kiB  5 s  no (left by a process that died)
+    dedupgraph segments --clean removes those mapped by no live process.
+    """
     if not found:
         return f"{directory}: no dedupgraph segments of this user"
     leftovers = [s for s in found if s.in_use is False]
@@ -133,6 +151,10 @@ def format_age(seconds: float) -> str:
 
 
 def clean(directory: Path) -> list[Segment]:
-    """Remove this user's segments that no live process maps (``shared_memory.sweep``); those removed."""
+    """Remove this user's segments that no live process maps (``shared_memory.sweep``); those removed.
+
+    >>> clean(Path("/nonexistent"))
+    []
+    """
     before = {s.name: s for s in segments(directory)}
     return [before.get(name, Segment(name, 0, 0.0, False)) for name in shared_memory.sweep(directory)]
