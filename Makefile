@@ -7,19 +7,20 @@ OLDEST_PINS := "dask[array,bag,dataframe]==2025.5.0" "distributed==2025.5.0"
 
 .PHONY: demo test test-oldest docs
 
-# The stamps are rebuilt only when the package metadata changes.
-$(VENV)/.installed: pyproject.toml
+# The stamps are rebuilt only when the package metadata or the startup hook changes
+# (pip copies dedupgraph_startup.pth into site-packages: an edit needs a reinstall).
+$(VENV)/.installed: pyproject.toml dedupgraph_startup.pth
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
 # The docs extra (Sphinx, dask's theme) on top of the test one, in the same venv.
-$(VENV)/.docs-installed: pyproject.toml
+$(VENV)/.docs-installed: pyproject.toml dedupgraph_startup.pth
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
-$(OLDEST_VENV)/.installed: pyproject.toml Makefile
+$(OLDEST_VENV)/.installed: pyproject.toml Makefile dedupgraph_startup.pth
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet -e ".[test]" $(OLDEST_PINS)
 	touch $@

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,56 @@ from dask.utils import parse_bytes
 
 CONFIG_KEY = "dedupgraph"
 _DEFAULTS_FILE = pathlib.Path(__file__).with_name("dedupgraph.yaml")
+
+
+def invalid_setting(setting: str, message: str) -> ValueError:
+    """The error for a value dedupgraph refuses: a ``ValueError`` whose ``setting`` names the setting.
+
+    >>> error = invalid_setting("min-count", "dedupgraph setting 'min-count' must be >= 1, got 0")
+    >>> error.setting, isinstance(error, ValueError)
+    ('min-count', True)
+
+    A plain ``ValueError`` (tracebacks read ``ValueError: dedupgraph setting
+    ...``, as always); the attribute lets each setting be reported once
+    (:func:`first_report`).
+    """
+    error = ValueError(message)
+    error.setting = setting  # type: ignore[attr-defined]
+    return error
+
+
+# The settings whose invalid value this process has reported: a warn-once flag per
+# setting (never more names than there are settings), shared by every route, so
+# that one mistake makes one warning, whoever meets it first.
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def first_report(error: BaseException) -> bool:
+    """Whether ``error`` is this process's first report of the invalid setting it names.
+
+    >>> error = invalid_setting("example", "dedupgraph setting 'example' ...")
+    >>> first_report(error), first_report(error)
+    (True, False)
+
+    Errors that name no setting count as one kind per exception type.
+    """
+    name = getattr(error, "setting", None) or f"<{type(error).__qualname__}>"
+    with _reported_lock:
+        if name in _reported:
+            return False
+        _reported.add(name)
+        return True
+
+
+def warn_invalid(error: BaseException, outcome: str, stacklevel: int = 2) -> None:
+    """A ``RuntimeWarning``: ``error``, then ``outcome``; once per setting and process.
+
+    >>> warn_invalid(invalid_setting("example-2", "dedupgraph setting 'example-2' ..."), "graphs run as plain dask")  # doctest: +SKIP
+    RuntimeWarning: dedupgraph setting 'example-2' ...; graphs run as plain dask
+    """
+    if first_report(error):
+        warnings.warn(f"{error}; {outcome}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def register_defaults() -> None:
@@ -50,7 +102,9 @@ class Settings:
     buffers of hoisted objects in shared memory, one copy per host).
     ``share_min_bytes``: out-of-band buffer bytes from which ``share="host"`` applies.
     ``share_limit``: the most that dedupgraph's segments may take of a host's
-    shared memory: a fraction (0 to 1) of ``/dev/shm``'s size, or a number of bytes.
+    shared memory: a fraction (``0 < f <= 1``) of ``/dev/shm``'s size, or a
+    byte size of at least 1 MiB (``"8 GiB"``, ``1048576``); a smaller number,
+    which could be meant either way, is refused.
     ``check_mutation``: each task that receives a hoisted mutable object digests
     it before and after its function runs, and a change is logged (one WARNING
     per function and process): a check to run before production.
@@ -81,7 +135,8 @@ class Settings:
         if not isinstance(self.exclude, tuple) or not all(
             isinstance(name, str) and name.strip() for name in self.exclude
         ):
-            raise ValueError(
+            raise invalid_setting(
+                "exclude",
                 "dedupgraph setting 'exclude' must be a list of fully qualified type "
                 f"names such as 'mypackage.Model', got {self.exclude!r}"
             )
@@ -98,7 +153,8 @@ class Settings:
         """
         configured = dask.config.get(CONFIG_KEY, default={}) or {}
         if not isinstance(configured, Mapping):
-            raise ValueError(
+            raise invalid_setting(
+                CONFIG_KEY,
                 f"dask config {CONFIG_KEY!r} must be a mapping of settings, "
                 f"got {configured!r}"
             )
@@ -132,7 +188,8 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
         field = str(name).replace("-", "_")
         if field not in _FIELDS:
             known = ", ".join(sorted(f"{CONFIG_KEY}.{f.replace('_', '-')}" for f in _FIELDS))
-            raise ValueError(
+            raise invalid_setting(
+                str(name),
                 f"unknown dedupgraph setting {name!r} (from {origin}); known settings: {known}"
             )
         if field == "hint_bytes" and _means_off(value):
@@ -142,6 +199,13 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
         if field in ("dry_run", "check_mutation") and isinstance(value, str):
             value = _parse_bool_string(value)
         if field == "exclude":
+            if origin == "argument" and isinstance(value, str):
+                raise invalid_setting(
+                    "exclude",
+                    f"dedupgraph setting 'exclude' must be a list of fully qualified type names, "
+                    f"got the string {value!r}: pass a list, like exclude=[{value!r}] (a comma-separated "
+                    "string is read only from dask config and DASK_DEDUPGRAPH__EXCLUDE)",
+                )
             value = _type_names(value)
         if field in ("merge_equal", "share") and isinstance(value, str):
             value = value.strip().lower()
@@ -167,7 +231,8 @@ def _parse_byte_string(name: str, text: str) -> int:
     try:
         return int(parse_bytes(text))
     except (ValueError, TypeError) as e:
-        raise ValueError(
+        raise invalid_setting(
+            name,
             f"dedupgraph setting {name!r} must be a number of bytes or a byte "
             f"string like '64 KiB', got {text!r}"
         ) from e
@@ -200,26 +265,35 @@ def _share_limit(value: Any) -> Any:
     return value
 
 
+# The smallest byte count share-limit takes: a smaller number is surely a fraction
+# (0, 1) or a size whose unit was forgotten (2 for 2 GiB), not a limit that could
+# hold one segment (share-min-bytes defaults to 1 MiB).
+SHARE_LIMIT_MIN_BYTES = 2**20
+
+
 def _check_share_limit(value: object) -> None:
+    accepted = (
+        "dedupgraph setting 'share-limit' must be a fraction of /dev/shm's size, 0 < f <= 1 "
+        f"(like 0.5), or a byte size of at least {SHARE_LIMIT_MIN_BYTES} bytes (like '8 GiB', "
+        f"'1 MiB' or {SHARE_LIMIT_MIN_BYTES}), got {value!r}"
+    )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
-            "dedupgraph setting 'share-limit' must be a fraction of /dev/shm (0 to 1) "
-            f"or a number of bytes, got {value!r}"
-        )
-    if isinstance(value, float) and not 0 <= value <= 1:
-        raise ValueError(f"dedupgraph setting 'share-limit' as a fraction must be within 0 and 1, got {value}")
-    if isinstance(value, int) and value < 0:
-        raise ValueError(f"dedupgraph setting 'share-limit' must be >= 0, got {value}")
+        raise invalid_setting("share-limit", accepted)
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise invalid_setting("share-limit", accepted)
+    if isinstance(value, int) and value < SHARE_LIMIT_MIN_BYTES:
+        raise invalid_setting("share-limit", accepted)
 
 
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"dedupgraph setting {name!r} must be True or False, got {value!r}")
+        raise invalid_setting(name, f"dedupgraph setting {name!r} must be True or False, got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(
+        raise invalid_setting(
+            name,
             f"dedupgraph setting {name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}"
         )
 
@@ -227,9 +301,10 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: object, minimum: int) -> None:
     # bool is an int subclass, but min-count=True is surely a mistake
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(
+        raise invalid_setting(
+            name,
             f"dedupgraph setting {name!r} must be an integer, got {value!r} "
             f"({type(value).__name__})"
         )
     if value < minimum:
-        raise ValueError(f"dedupgraph setting {name!r} must be >= {minimum}, got {value}")
+        raise invalid_setting(name, f"dedupgraph setting {name!r} must be >= {minimum}, got {value}")

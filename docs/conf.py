@@ -49,19 +49,18 @@ autodoc_default_options = {"members": False}
 # in their modules' namespaces; here they would lack those names.
 doctest_test_doctest_blocks = ""
 # Each page's examples start from, and leave behind, the configuration of this process.
+# Nothing else here: every import an example needs is in the example, where a
+# reader sees it (tests/test_doc_snippets.py runs the pages without this setup).
 doctest_global_setup = """
-import dask
-import dask.array as da
+import dask.config as _config
 import distributed  # registers its config defaults before the snapshot below, as tests/conftest.py does
-import numpy as np
-import dedupgraph
 
 def _nested_copy(value):  # the dicts, not the leaves: optimizer objects keep their identity
     return {k: _nested_copy(v) for k, v in value.items()} if isinstance(value, dict) else value
 
-_saved_config = _nested_copy(dask.config.config)
+_saved_config = _nested_copy(_config.config)
 """
 doctest_global_cleanup = """
-dask.config.config.clear()
-dask.config.config.update(_saved_config)
+_config.config.clear()
+_config.config.update(_saved_config)
 """

@@ -23,3 +23,11 @@ def _copy_dicts(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copy_dicts(v) for k, v in value.items()}
     return value
+
+
+@pytest.fixture(autouse=True)
+def no_invalid_setting_reported_yet(monkeypatch):
+    """An invalid setting is reported once per process: each test starts with none reported."""
+    from dedupgraph import settings
+
+    monkeypatch.setattr(settings, "_reported", set())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -245,3 +246,61 @@ def test_info_asks_a_scheduler_whether_it_runs_the_route():
         assert "dedupgraph-hint" not in plugins  # asking changes nothing there
     text, ok = scheduler_text("tcp://127.0.0.1:1", timeout=2)
     assert not ok and text.startswith("scheduler tcp://127.0.0.1:1: cannot connect")
+
+
+MAKE_SEGMENT = """
+    import os, signal, sys
+    from dedupgraph.placement import segments as sm
+    view = sm.create(sys.argv[1], 2**20, 0.5, lambda write: write(0, b"z" * 2**20))
+    print("made", flush=True)
+    if sys.argv[2] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.read()   # holds it until told
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory: Linux only")
+def test_segments_lists_them_and_cleans_what_killed_processes_left():
+    import signal
+    import tempfile
+
+    from dedupgraph.placement import segments as sm
+
+    directory = tempfile.mkdtemp(prefix="test-dedupgraph-cli-", dir="/dev/shm")
+    env = {sm.DIR_VARIABLE: directory}
+    live_digest, dead_digest = "cd" * 16, "ab" * 16
+
+    def holder(digest: str, then: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(MAKE_SEGMENT), digest, then],
+            env={**os.environ, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout.readline().strip() == "made"
+        return proc
+
+    live = holder(live_digest, "wait")  # first: a process that makes a segment sweeps the directory
+    try:
+        killed = holder(dead_digest, "die")
+        assert killed.wait(timeout=60) == -signal.SIGKILL
+        names = sorted(os.listdir(directory))
+        assert names == sorted([sm.segment_name(live_digest), sm.segment_name(dead_digest)])
+        out = run(str(BIN / "dedupgraph"), "segments", env=env).stdout
+        lines = out.splitlines()
+        assert lines[0] == f"{directory}: 2 dedupgraph segments of this user, 2.00 MiB; 1 mapped by no live process"
+        assert lines[1].split() == ["segment", "size", "age", "in", "use"]
+        rows = {line.split()[0]: line for line in lines[2:4]}
+        assert re.search(r" 1\.00 MiB +\d+ s +no \(left by a process that died\)$", rows[sm.segment_name(dead_digest)])
+        assert re.search(r" 1\.00 MiB +\d+ s +yes$", rows[sm.segment_name(live_digest)])
+        assert lines[4] == "dedupgraph segments --clean removes those mapped by no live process."
+        out = run(str(BIN / "dedupgraph"), "segments", "--clean", env=env).stdout
+        assert out.startswith(f"removed 1 segment that no live process mapped (1.00 MiB)\n  {sm.segment_name(dead_digest)}\n")
+        assert os.listdir(directory) == [sm.segment_name(live_digest)]  # in use: left alone
+        live.communicate("", timeout=60)  # its last user exits: removed
+        assert os.listdir(directory) == []
+        assert run(str(BIN / "dedupgraph"), "segments", env=env).stdout == f"{directory}: no dedupgraph segments of this user\n"
+    finally:
+        live.kill()
+        live.wait()
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)

@@ -174,6 +174,14 @@ def test_the_readme_is_a_front_door():
     assert "docs/settings.rst" in README  # where each setting is explained
 
 
+def test_the_readme_says_how_to_install_before_anything_else():
+    sections = re.findall(r"^## (.+)$", README, re.M)
+    assert sections[0] == "Install"
+    install = README.split("## Install\n", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in install.split("```")[1].splitlines() if line.strip()]
+    assert commands == ["pip install dedupgraph", "pip install ."]
+
+
 def test_the_readmes_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert "make test" in ci

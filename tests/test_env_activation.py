@@ -28,7 +28,13 @@ def installed_pth() -> Path:
 
 
 def run(code: str, value: str | None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run_with({}, code, value, timeout)
+
+
+def run_with(variables: dict[str, str], code: str, value: str | None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``code`` in a new interpreter, with DASK_DEDUPGRAPH__ENABLED=``value`` (None: unset) and ``variables``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env.update(variables)
     if value is not None:
         env["DASK_DEDUPGRAPH__ENABLED"] = value
     done = subprocess.run(
@@ -163,3 +169,77 @@ def test_a_fresh_virtualenv_install_ships_the_hook(tmp_path):
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
     )
     assert out.stdout.strip() == "Deduplicator"
+
+
+@pytest.mark.parametrize("first_import", ["import dask", "import dedupgraph"])
+def test_a_value_that_is_neither_true_nor_false_warns_once(first_import):
+    code = f"""
+        import sys, warnings
+        warnings.simplefilter("always")
+        print("dask before", "dask" in sys.modules)
+        with warnings.catch_warnings(record=True) as caught:
+            {first_import}
+            import dask.array
+        print(type(dask.config.get("array_optimize", None)).__name__)
+        for w in caught:
+            if "DASK_DEDUPGRAPH__ENABLED" in str(w.message):
+                print(f"{{w.category.__name__}}: {{w.message}}")
+    """
+    lines = run(code, " Maybe ").stdout.splitlines()
+    assert lines[:2] == ["dask before False", "NoneType"]  # nothing imported at start-up; the pass off
+    [warning] = lines[2:]
+    assert warning.startswith("RuntimeWarning: DASK_DEDUPGRAPH__ENABLED=' Maybe ' is neither true nor false")
+    assert all(v in warning for v in ("true, 1, yes (the pass on)", "false, 0, no, or unset (off)", "stays off"))
+
+
+def test_an_invalid_setting_is_reported_once_and_the_computation_runs():
+    code = """
+        import dask.array as da
+        x = da.ones(10, chunks=2).map_blocks(lambda b, t: b + len(t), list(range(40_000)))
+        print(int(x.sum().compute()))
+        print(int(x.sum().compute(scheduler="sync")))
+    """
+    done = run_with({"DASK_DEDUPGRAPH__MIN_BYTES": "banana"}, code, "True")
+    assert done.stdout.split() == ["400010", "400010"]
+    assert done.stderr.count("banana") == 1, done.stderr
+    assert "min-bytes" in done.stderr and "RuntimeWarning" in done.stderr
+
+
+def test_clients_log_no_preload_lines_about_dedupgraph_and_keep_the_others(tmp_path):
+    (tmp_path / "otherpreload.py").write_text("def dask_setup(client):\n    pass\n")
+    code = """
+        import logging, sys
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+        from distributed import Client, LocalCluster
+        with LocalCluster(n_workers=0, processes=False, dashboard_address=None, silence_logs=False) as cluster:
+            print("route", "dedupgraph-route" in cluster.scheduler.plugins)
+            with Client(cluster) as client:
+                print("client preloads", [p.name for p in client.preloads])
+    """
+    done = run_with(
+        {"DASK_DISTRIBUTED__CLIENT__PRELOAD": '["otherpreload"]', "PYTHONPATH": str(tmp_path)}, code, "True"
+    )
+    lines = done.stdout.splitlines()
+    assert "route True" in lines and "client preloads ['otherpreload', 'dedupgraph.preload']" in lines
+    preloading = [line for line in lines if line.startswith("distributed.preloading")]
+    assert [line for line in preloading if "dedupgraph" in line] == []
+    assert {
+        "distributed.preloading INFO Creating preload: otherpreload",
+        "distributed.preloading INFO Import preload module: otherpreload",
+        "distributed.preloading INFO Run preload setup: otherpreload",
+    } <= set(preloading)
+
+
+def test_new_clients_keep_an_optimizer_of_the_users_own():
+    code = """
+        import dask
+        from distributed import Client, LocalCluster
+
+        def mine(dsk, keys, **kwargs):
+            return dsk
+
+        dask.config.set(array_optimize=mine)  # after the hook switched the pass on
+        with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, Client(cluster):
+            print(dask.config.get("array_optimize") is mine, type(dask.config.get("delayed_optimize")).__name__)
+    """
+    assert run(code, "True").stdout.split() == ["True", "Deduplicator"]

@@ -155,8 +155,7 @@ def test_the_routes_reach_placement_through_its_entry_point_only():
     wrong = {
         name: sorted(m for m in imports if m.startswith("dedupgraph.placement."))
         for name, imports in graph.items()
-        if not name.startswith("dedupgraph.placement")
-        and not name.startswith("dedupgraph.benchmarks")  # the benchmarks measure segments themselves
+        if name.startswith("dedupgraph.routes")
     }
     assert {name: ms for name, ms in wrong.items() if ms} == {}
 

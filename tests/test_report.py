@@ -125,7 +125,7 @@ def test_text_html_and_pandas_forms():
     assert html.count("<tr>") == 1 + len(report.rows) + 1 and "payloads.Mapper" in html and "no: unpicklable" in html
     frame = report.to_pandas()
     assert list(frame.columns) == [
-        "label", "type", "nbytes", "tasks", "where", "saved_bytes", "hoisted", "reason", "key", "copies"
+        "label", "type", "nbytes", "tasks", "where", "saved_bytes", "hoisted", "reason", "key", "copies", "needs"
     ]
     assert frame.loc[0, "key"].startswith("dedup-Mapper-") and frame.loc[0, "saved_bytes"] == 4 * frame.loc[0, "nbytes"]
     assert pd.isna(frame.loc[1, "nbytes"]) and frame["nbytes"].dtype == "Int64"
@@ -196,3 +196,54 @@ def test_inspect_with_the_pass_on_reports_the_graph_before_it():
 def test_invalid_settings_name_the_setting():
     with pytest.raises(ValueError, match="min-count"):
         dedupgraph.inspect(delayed(sum)([1]), min_count=0)
+
+
+ROUTE_NOTE = "* in DataFrame or array-expr tasks: needs the scheduler route (distributed) or dedupgraph.deduplicate()"
+
+
+def test_dataframes_say_which_route_hoists_them():
+    m = Mapper()
+    df = dd.from_pandas(pd.DataFrame({"x": range(40)}), npartitions=8)
+    series = df.x.map_partitions(uses_mapper, m, meta=df.x._meta)
+    report = dedupgraph.inspect(series)
+    [row] = big_rows(report)
+    assert row.hoisted and row.needs == "the scheduler route (distributed) or dedupgraph.deduplicate()"
+    text = str(report)
+    assert re.search(r"Mapper .* yes\*$", text.splitlines()[1]) and ROUTE_NOTE in text
+    assert ROUTE_NOTE in report._repr_html_() and report.to_pandas().loc[0, "needs"] == row.needs
+    # with an array: the content is one row, and its DataFrame tasks still need the route
+    arr = da.arange(12, chunks=3).map_blocks(uses_mapper, m)
+    [both] = big_rows(dedupgraph.inspect(series, arr))
+    assert both.tasks == 8 + 4 and both.needs == row.needs
+    # arrays, delayed values and bags alone: enable() hoists them, nothing to say
+    alone = dedupgraph.inspect(arr, [delayed(uses_mapper)(i, m) for i in range(3)])
+    assert [r.needs for r in alone.rows] == [None] and "*" not in str(alone)
+
+
+def test_array_expr_arrays_say_which_route_hoists_them():
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import dask.array as da
+        import dedupgraph
+        from payloads import Mapper, uses_mapper
+
+        assert type(da.ones(2)).__module__.startswith("dask.array._array_expr"), type(da.ones(2))
+        report = dedupgraph.inspect(da.arange(40, chunks=4).map_blocks(uses_mapper, Mapper()))
+        [row] = [r for r in report.rows if r.label == "Mapper"]
+        print(row.hoisted, row.needs)
+        print(str(report).splitlines()[-1])
+        """
+    )
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "DASK_ARRAY__QUERY_PLANNING": "True", "PYTHONPATH": tests}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "True the scheduler route (distributed) or dedupgraph.deduplicate()",
+        ROUTE_NOTE + "; enable() alone covers arrays, delayed values and bags.",
+    ]

@@ -59,9 +59,32 @@ def test_merge_equal_spellings(value, expected):
         assert dedupgraph.dedup.effective_settings().merge_equal == expected
 
 
-@pytest.mark.parametrize("value, expected", [("0.5", 0.5), ("8 GiB", 8 * 2**30), (1.0, 1.0), (2**20, 2**20), ("1000", 1000)])
+@pytest.mark.parametrize("value, expected", [("0.5", 0.5), ("8 GiB", 8 * 2**30), (1.0, 1.0), (2**20, 2**20), ("1048576", 2**20)])
 def test_share_limit_is_a_fraction_or_bytes(value, expected):
     assert Settings.from_config(share_limit=value).share_limit == expected
+
+
+def test_share_limit_numbers_that_could_be_a_fraction_or_bytes_are_refused():
+    # share_limit=2: 2 bytes? 200%? 2 GiB? Neither a fraction nor a plausible byte count
+    for value in (0, 1, 2, 1000, 2**20 - 1, "1000", "2", 0.0, 1.5, 2.0, 1e9):
+        for make in (Settings.from_config, dedupgraph.enable):
+            with pytest.raises(ValueError, match="share-limit") as caught:
+                make(share_limit=value)
+            message = str(caught.value)
+            assert "0 < f <= 1 (like 0.5)" in message and "at least 1048576 bytes (like '8 GiB'" in message, message
+        with dask.config.set({"dedupgraph.share-limit": value}):
+            with pytest.raises(ValueError, match="share-limit"):
+                Settings.from_config()
+
+
+def test_exclude_as_a_string_argument_is_refused_and_read_from_config():
+    for make in (Settings.from_config, dedupgraph.enable, dedupgraph.Deduplicator, dedupgraph.inspect):
+        with pytest.raises(ValueError, match="exclude") as caught:
+            make(exclude="numpy.ndarray")
+        assert "pass a list, like exclude=['numpy.ndarray']" in str(caught.value)
+    with dask.config.set({"dedupgraph.exclude": "a.B, c.D"}):  # as DASK_DEDUPGRAPH__EXCLUDE gives it
+        assert Settings.from_config().exclude == ("a.B", "c.D")
+    assert Settings.from_config(exclude=["numpy.ndarray"]).exclude == ("numpy.ndarray",)
 
 
 @pytest.mark.parametrize("off", [None, False, "None", "false", "off"])
@@ -106,9 +129,11 @@ def test_invalid_settings_name_the_setting(settings, name):
 
 
 def test_invalid_config_is_reported_when_the_pass_runs():
+    # reported, not raised: the pass never fails a computation (more in test_invalid_settings.py)
     with dask.config.set({"dedupgraph.min-count": -3}):
-        with pytest.raises(ValueError, match="min-count"):
-            dedupgraph.dedup({"a": (sum, [1])}, ["a"])
+        with pytest.warns(RuntimeWarning, match="min-count"):
+            graph = dedupgraph.dedup({"a": (sum, [1])}, ["a"])
+        assert dask.get(graph, "a") == 1  # dask's own optimization, not the pass
     with dask.config.set({"dedupgraph.max-bytes": 3}):
         with pytest.raises(ValueError, match="max-bytes"):
             Settings.from_config()

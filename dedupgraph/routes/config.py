@@ -25,7 +25,7 @@ from dedupgraph.compat import MISSING_INTERNALS
 from dedupgraph.core.optimizers import array_optimize, bag_optimize, delayed_optimize, is_array_optimizer, is_dask_optimizer
 from dedupgraph.core.pipeline import announce, deduplicate_graph
 from dedupgraph.placement import in_graph
-from dedupgraph.settings import Settings
+from dedupgraph.settings import Settings, warn_invalid
 
 if TYPE_CHECKING:  # the pass's modules import dask internals: lazily, for dedupgraph.compat's check
     from dedupgraph.core.fingerprint import FingerprintMemo
@@ -48,7 +48,10 @@ class Deduplicator:
 
     Without explicit settings it reads ``dask.config["dedupgraph"]`` when it runs,
     and when pickled (as distributed does, to run it on the scheduler) it carries
-    the settings in force in the pickling process with it.
+    the settings in force in the pickling process with it.  If those are
+    invalid (a ``dask.config.set`` after ``enable()``), it warns once per
+    setting and the graph is optimized as plain dask would: the pass never
+    fails a computation.  When pickled then, it travels as its ``base`` alone.
     """
 
     def __init__(self, base: Optimizer | None = None, **settings: Any) -> None:
@@ -65,14 +68,23 @@ class Deduplicator:
         return new
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Deduplicator.with_settings, (self.base, self.effective_settings()))
+        try:
+            settings = self.effective_settings()
+        except ValueError as e:
+            warn_invalid(e, INVALID_OUTCOME)
+            return (plain_optimizer, (self.base,))
+        return (Deduplicator.with_settings, (self.base, settings))
 
     def effective_settings(self) -> Settings:
         """The settings a call would use now."""
         return self.settings if self.settings is not None else Settings.from_config()
 
     def __call__(self, dsk: Mapping[Hashable, Any], keys: Any, **kwargs: Any) -> Mapping[Hashable, Any]:
-        settings = self.effective_settings()
+        try:
+            settings = self.effective_settings()
+        except ValueError as e:
+            warn_invalid(e, INVALID_OUTCOME)
+            return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
         if MISSING_INTERNALS:
             _warn_unsupported()
             return self.base(dsk, keys, **kwargs) if self.base is not None else dsk
@@ -112,6 +124,23 @@ class Deduplicator:
             return f"Deduplicator(base={base})"
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self.settings).items())
         return f"Deduplicator(base={base}, {fields})"
+
+
+#: what happens to graphs while a setting is invalid, as the warning says
+INVALID_OUTCOME = "dedupgraph leaves every graph as plain dask makes it until the setting is fixed (warned once)"
+
+
+def plain_optimizer(base: Optimizer | None) -> Optimizer:
+    """What a pass unpickles as when its settings were invalid: its base, or no optimization at all.
+
+    >>> plain_optimizer(None)({"a": 1}, ["a"])
+    {'a': 1}
+    """
+    return base if base is not None else _unchanged
+
+
+def _unchanged(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    return dsk
 
 
 def without_pass(optimizer: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The command line: ``dedupgraph info``, ``dedupgraph status``, ``dedupgraph inspect script.py``, ``dedupgraph bench``.
+"""The command line: ``dedupgraph info``, ``dedupgraph status``, ``dedupgraph inspect script.py``, ``dedupgraph bench``, ``dedupgraph segments``.
 
     dedupgraph info                          # versions, activation, settings
     dedupgraph info --scheduler tcp://host:8786   # and whether that scheduler runs the route
@@ -6,6 +6,7 @@
     dedupgraph inspect analysis.py --day 3   # run it in dry-run mode, report every graph
     dedupgraph inspect --check-mutation analysis.py   # run it checked: which functions change a hoisted object
     dedupgraph bench --quick                 # the benchmark suite, small
+    dedupgraph segments [--clean]            # shared-memory segments here; remove the leftovers
     dask dedupgraph info                     # the same commands through dask's CLI
 
 ``cli`` is a click group, which is what dask's ``dask_cli`` entry points
@@ -15,6 +16,7 @@ must be; ``main`` is the ``dedupgraph`` console script.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 from pathlib import Path
@@ -342,6 +344,32 @@ def bench(
     report = suite.run(plan, output, lambda line: click.echo(line, err=True))
     click.echo(report.read_text())
     click.echo(f"written to {output}/")
+
+
+@cli.command()
+@click.option("--clean", is_flag=True, help="Remove the segments that no live process maps (left by processes that died).")
+def segments(clean: bool) -> None:
+    """This user's shared-memory segments (share="host") on this host: size, age, in use.
+
+    The directory is /dev/shm, or DEDUPGRAPH_SHM_DIR if set.
+    """
+    from dask.utils import format_bytes
+
+    import dedupgraph.placement.segments as shared_memory
+    from dedupgraph.tools import segments as listing
+
+    directory = shared_memory.segment_dir()
+    if directory is None:
+        where = os.environ.get(shared_memory.DIR_VARIABLE) or shared_memory.DEFAULT_DIR
+        click.echo(f"no shared memory to list here: {where} is not a usable directory on {sys.platform}")
+        return
+    if clean:
+        removed = listing.clean(directory)
+        click.echo(
+            f"removed {len(removed)} segment{'' if len(removed) == 1 else 's'} that no live process mapped"
+            f" ({format_bytes(sum(s.nbytes for s in removed))})" + "".join(f"\n  {s.name}" for s in removed)
+        )
+    click.echo(listing.table(listing.segments(directory), directory))
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from dask.callbacks import Callback
 from dask.utils import format_bytes
 
 from dedupgraph.once import Once
-from dedupgraph.settings import Settings
+from dedupgraph.settings import Settings, first_report
 
 if TYPE_CHECKING:
     from dask._task_spec import GraphNode
@@ -143,7 +143,8 @@ def check(sample: Sequence[GraphNode], total: int, advice: str = LOCAL_ADVICE) -
     try:
         threshold = Settings.from_config().hint_bytes
     except ValueError as e:
-        _give(logging.WARNING, "no hints: the settings are invalid: %s", e)
+        # one report per invalid setting and process: a route that met it first has warned
+        _give(logging.WARNING if first_report(e) else logging.DEBUG, "no hints: the settings are invalid: %s", e)
         return
     if threshold is None:
         return

@@ -12,6 +12,10 @@ With min-bytes 64.00 kiB, min-count 2: would hoist 1 object (100.01 kiB, bytes) 
 In Jupyter the report renders as an HTML table; ``report.to_pandas()`` has
 one row per content with every column.  Rows list each content of at least
 ``min-bytes``, and each smaller one (from 1 KiB) that several tasks carry.
+An object carried by tasks of DataFrames or array-expr arrays is marked
+``yes*``: no optimizer hook reaches those, so ``enable()`` alone leaves them
+as they are; the scheduler route (distributed) or ``dedupgraph.deduplicate()``
+hoists them.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ class Row:
     reason: str | None  #: why not: below min-bytes, single use, below min-count, unpicklable, excluded
     key: str | None  #: the key it gets when hoisted
     copies: int = 1  #: distinct objects with this content that ``merge-equal`` keeps apart (one row each)
+    #: the route it takes to hoist it, where ``enable()`` alone does not: the tasks of
+    #: DataFrames and array-expr arrays (:data:`NEEDS_SCHEDULER_ROUTE`); None for the others
+    needs: str | None = None
+
+
+#: what hoists an object that DataFrame or array-expr tasks carry (they have no optimizer hook)
+NEEDS_SCHEDULER_ROUTE = "the scheduler route (distributed) or dedupgraph.deduplicate()"
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,11 @@ class Report:
         verdict = self.summary.message(would=True) if self.summary.objects else "would hoist nothing"
         settings = f"With min-bytes {format_bytes(s.min_bytes)}, min-count {s.min_count}: {verdict}."
         settings += "".join(f"\nAlso {kept.message(s.merge_equal)}." for kept in self.apart)
+        if any(r.hoisted and r.needs for r in self.rows):
+            settings += (
+                f"\n* in DataFrame or array-expr tasks: needs {NEEDS_SCHEDULER_ROUTE}; "
+                "enable() alone covers arrays, delayed values and bags."
+            )
         if not self.rows:
             return f"Nothing listed in {self.tasks} tasks: nothing duplicated.\n{settings}"
         n = len(self.rows)
@@ -140,7 +156,7 @@ def _cells(r: Row) -> tuple[str, ...]:
         str(r.tasks),
         ", ".join(r.where),
         "?" if r.saved_bytes is None else format_bytes(r.saved_bytes),
-        "yes" if r.hoisted else f"no: {r.reason}",
+        ("yes*" if r.needs else "yes") if r.hoisted else f"no: {r.reason}",
     )
 
 
@@ -154,8 +170,11 @@ def inspect(*args: Any, traverse: bool = True, **settings: Any) -> Report:
     collection's own optimization, the pass excepted.  Any collection that
     :func:`dedupgraph.deduplicate` accepts works; lists, tuples and dicts are
     looked into.  ``settings`` as for ``enable``; the report says what they
-    would hoist.
+    would hoist, and, for DataFrames and array-expr arrays, which route it
+    takes (:data:`NEEDS_SCHEDULER_ROUTE`).
     """
+    from dask._expr import Expr
+
     from dedupgraph.compat import MISSING_INTERNALS
     from dedupgraph.routes.materialize import materialize, resolve_client
 
@@ -164,12 +183,21 @@ def inspect(*args: Any, traverse: bool = True, **settings: Any) -> Report:
         raise RuntimeError(f"dedupgraph.inspect cannot read this dask's graphs: it lacks {', '.join(MISSING_INTERNALS)}")
     collections, _ = unpack_collections(*args, traverse=traverse)
     # the graph that will run: a distributed Client does not fuse dask-expr graphs
-    graph = materialize(collections, fuse=resolve_client(None) is None).graph if collections else {}
-    return graph_report(graph, chosen)
+    fuse = resolve_client(None) is None
+    # materialized apart, as computing them together does: the expression collections' tasks are
+    # those no optimizer hook reaches
+    expressions = [c for c in collections if isinstance(getattr(c, "expr", None), Expr)]
+    others = [c for c in collections if not isinstance(getattr(c, "expr", None), Expr)]
+    graph = dict(materialize(others, fuse=fuse).graph) if others else {}
+    expression_graph = materialize(expressions, fuse=fuse).graph if expressions else {}
+    graph.update(expression_graph)
+    return graph_report(graph, chosen, frozenset(expression_graph))
 
 
-def graph_report(graph: Mapping[Hashable, GraphNode], settings: Settings) -> Report:
-    """A :class:`Report` of a graph of ``GraphNode``s."""
+def graph_report(
+    graph: Mapping[Hashable, GraphNode], settings: Settings, expression_keys: frozenset[Hashable] = frozenset()
+) -> Report:
+    """A :class:`Report` of a graph of ``GraphNode``s; ``expression_keys``: the tasks of DataFrames and array-expr arrays."""
     # the stages are imported where used: a dask without the internals they
     # need must still be able to import dedupgraph (see dedupgraph.compat)
     from dedupgraph.core.candidates import find_candidates
@@ -185,7 +213,7 @@ def graph_report(graph: Mapping[Hashable, GraphNode], settings: Settings) -> Rep
     exclude = frozenset(settings.exclude)
     excluded = {g for g, value in found.values.items() if is_excluded(value, exclude)}
     plan = plan_hoists(found, settings, excluded)
-    rows = [*_content_rows(found, plan, excluded, settings), *_inline_rows(found)]
+    rows = [*_content_rows(found, plan, excluded, settings, expression_keys), *_inline_rows(found, expression_keys)]
     rows.sort(key=lambda r: (-(r.saved_bytes or 0), -(r.nbytes or 0), r.label))
     carriers = {k for g in _shown_groups(found, settings) for k in found.keys[g]}
     carriers.update(k for obj in found.inline.values() for k in obj.keys)
@@ -201,7 +229,13 @@ def _shown_groups(found: Candidates, settings: Settings) -> list[str]:
     ]
 
 
-def _content_rows(found: Candidates, plan: Plan, excluded: set[str], settings: Settings) -> list[Row]:
+def _needs(keys: Any, expression_keys: frozenset[Hashable]) -> str | None:
+    return NEEDS_SCHEDULER_ROUTE if expression_keys and not expression_keys.isdisjoint(keys) else None
+
+
+def _content_rows(
+    found: Candidates, plan: Plan, excluded: set[str], settings: Settings, expression_keys: frozenset[Hashable]
+) -> list[Row]:
     from dedupgraph.core.fingerprint import EXCLUDED
     from dedupgraph.core.plan import why_inline
 
@@ -222,12 +256,13 @@ def _content_rows(found: Candidates, plan: Plan, excluded: set[str], settings: S
                 reason=reason,
                 key=plan.hoists[group].key if hoisted else None,
                 copies=len(found.apart.get(fp.digest, (group,))),
+                needs=_needs(found.keys[group], expression_keys),
             )
         )
     return rows
 
 
-def _inline_rows(found: Candidates) -> list[Row]:
+def _inline_rows(found: Candidates, expression_keys: frozenset[Hashable]) -> list[Row]:
     from dedupgraph.core.fingerprint import label_of
 
     return [
@@ -241,6 +276,7 @@ def _inline_rows(found: Candidates) -> list[Row]:
             hoisted=False,
             reason=obj.reason,
             key=None,
+            needs=_needs(obj.keys, expression_keys),
         )
         for obj in found.inline.values()
     ]

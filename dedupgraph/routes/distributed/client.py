@@ -42,10 +42,10 @@ import dask.config
 
 from dedupgraph.core.optimizers import dask_optimizer
 from dedupgraph.once import Once
-from dedupgraph.routes.activation import OPTIMIZER_KEYS, enable
-from dedupgraph.routes.config import Deduplicator
-from dedupgraph.routes.distributed.wire import FIELD, to_wire
-from dedupgraph.settings import Settings
+from dedupgraph.routes.activation import OPTIMIZER_KEYS, switch_on
+from dedupgraph.routes.config import INVALID_OUTCOME, Deduplicator
+from dedupgraph.routes.distributed.wire import FIELD, PLAIN, to_wire
+from dedupgraph.settings import Settings, warn_invalid
 from dedupgraph.version import __version__
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ logger = logging.getLogger("dedupgraph")
 # not repeat the same paragraph.
 _problem_told = Once()
 _no_route_told = Once()
-_invalid_told = Once()
 
 # client -> whether its scheduler imports dedupgraph; weak, so it holds no
 # client alive and holds at most the clients that exist.
@@ -74,7 +73,10 @@ async def dask_setup(client: Client) -> None:
         switch_off()
         warn_once(found)
         return
-    enable()
+    try:
+        switch_on()  # an optimizer of the user's own stays
+    except ValueError as e:  # a setting made invalid since: the Client must start all the same
+        warn_invalid(e, INVALID_OUTCOME)
     if found.get("route"):
         attach(client, scheduler_route_on)
     else:
@@ -288,9 +290,7 @@ class _SettingsCarrier:
         if msg.get("op") == "update-graph":
             comm = client.scheduler_comm
             if comm is self.confirmed:
-                values = _settings_here()
-                if values is not None:
-                    msg = {**msg, FIELD: values}
+                msg = {**msg, FIELD: _settings_here()}
             elif comm is not None and comm is not self._asked:
                 self._asked = comm
                 client.loop.add_callback(self._reconfirm, comm)
@@ -307,10 +307,10 @@ class _SettingsCarrier:
             logger.debug("dedupgraph: could not ask the new scheduler about its route", exc_info=True)
 
 
-def _settings_here() -> dict[str, Any] | None:
+def _settings_here() -> dict[str, Any]:
+    # invalid settings here send PLAIN, with one warning per setting: the graph runs as plain dask
     try:
         return to_wire(Settings.from_config())
     except ValueError as e:
-        if _invalid_told():
-            logger.warning("dedupgraph: the settings here are invalid, the scheduler's own apply: %s", e)
-        return None
+        warn_invalid(e, INVALID_OUTCOME)
+        return dict(PLAIN)

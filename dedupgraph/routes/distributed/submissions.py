@@ -73,8 +73,8 @@ from dedupgraph.routes.distributed.records import (
     GraphRecord,
     HoistedObject,
 )
-from dedupgraph.routes.distributed.wire import from_wire
-from dedupgraph.settings import Settings
+from dedupgraph.routes.distributed.wire import from_wire, wants_plain
+from dedupgraph.settings import Settings, first_report
 
 logger = logging.getLogger("dedupgraph")
 
@@ -131,9 +131,11 @@ class Route:
         try:
             slots = config_route_slots(expr)
             settings = winning_settings([slot[2] for slot in slots], submission.client_settings)
+            if settings is None:  # the client's settings were invalid: it asked for plain dask
+                return notes.counted(materialize(expr, validate), UNCHANGED, SETTINGS)
             memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
-        except Exception:
-            logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
+        except Exception as e:
+            _report_failure(e)
             return notes.counted(materialize(expr, validate), FAILED, SETTINGS)
         for node, index, pass_ in slots:
             # one pass per graph: the config route's runs here, on the whole graph, below
@@ -327,16 +329,26 @@ def config_route_slots(expr: Any) -> list[tuple[Any, int, Deduplicator]]:
     return slots
 
 
-def winning_settings(passes: list[Deduplicator], client_settings: Mapping[str, Any] | None) -> Settings:
-    """The config route's settings, else the client's, else this process's (see the module doc)."""
+def winning_settings(passes: list[Deduplicator], client_settings: Mapping[str, Any] | None) -> Settings | None:
+    """The config route's settings, else the client's, else this process's (see the module doc).
+
+    None: the client's settings were invalid, and it asked for plain dask (``wire.PLAIN``).
+    """
     if passes:
         chosen = passes[0].effective_settings()
         if any(p.effective_settings() != chosen for p in passes[1:]):
             logger.debug("dedupgraph: the graph's passes differ in settings; the first one's apply to all")
         return chosen
     if client_settings is not None:
-        return from_wire(client_settings)
+        return None if wants_plain(client_settings) else from_wire(client_settings)
     return Settings.from_config()
+
+
+def _report_failure(error: Exception) -> None:
+    # an invalid setting fails every graph alike: one WARNING per setting and process
+    # (a client in this process may have warned already), the rest at DEBUG
+    level = logging.WARNING if not isinstance(error, ValueError) or first_report(error) else logging.DEBUG
+    logger.log(level, "dedupgraph scheduler route failed; graph left unchanged: %s", error, exc_info=True)
 
 
 def content_keys(node: Any, settings: Settings) -> set[str]:

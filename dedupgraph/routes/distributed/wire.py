@@ -27,6 +27,8 @@ logger = logging.getLogger("dedupgraph")
 
 #: the ``update-graph`` message field that carries the client's settings
 FIELD = "dedupgraph_settings"
+#: sent in :data:`FIELD` instead of settings when the client's are invalid: the graph runs as plain dask
+PLAIN = {"plain-dask": True}
 
 _FIELDS = frozenset(field.name for field in dataclasses.fields(Settings))
 
@@ -37,6 +39,15 @@ def to_wire(settings: Settings) -> dict[str, Any]:
         name: list(value) if isinstance(value, tuple) else value
         for name, value in dataclasses.asdict(settings).items()
     }
+
+
+def wants_plain(values: Any) -> bool:
+    """Whether a client sent :data:`PLAIN`: no pass on its graph, whatever the scheduler's own settings say.
+
+    >>> wants_plain(PLAIN), wants_plain(to_wire(Settings()))
+    (True, False)
+    """
+    return isinstance(values, Mapping) and values.get("plain-dask") is True
 
 
 def from_wire(values: Mapping[str, Any]) -> Settings:
