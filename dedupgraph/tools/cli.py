@@ -53,19 +53,25 @@ def info(address: str | None, timeout: float) -> None:
             sys.exit(1)
 
 
-def scheduler_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
-    """What ``dedupgraph info --scheduler ADDRESS`` adds, and whether the scheduler could be asked."""
+def bare_client(address: str, timeout: float) -> Any:
+    """A Client of the scheduler at ``address`` that runs no client preloads (they switch things on); or why not, as text."""
     import dask.config
     from distributed import Client
 
-    from dedupgraph.routes.distributed.client import scheduler_status
-
-    # a bare Client: this question must not run the client preloads (they switch things on)
     try:
         with dask.config.set({"distributed.client.preload": []}):
-            client = Client(address, timeout=timeout, set_as_default=False)
+            return Client(address, timeout=timeout, set_as_default=False)
     except Exception as e:  # noqa: BLE001  (reported: the scheduler is unreachable)
-        return f"scheduler {address}: cannot connect ({type(e).__name__}: {e})", False
+        return f"scheduler {address}: cannot connect ({type(e).__name__}: {e})"
+
+
+def scheduler_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
+    """What ``dedupgraph info --scheduler ADDRESS`` adds, and whether the scheduler could be asked."""
+    from dedupgraph.routes.distributed.client import scheduler_status
+
+    client = bare_client(address, timeout)
+    if isinstance(client, str):
+        return client, False
     with client:
         found = client.sync(scheduler_status, client, observe=False)
     if isinstance(found, str):
@@ -97,17 +103,12 @@ def status(address: str, timeout: float) -> None:
 
 def status_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
     """What ``dedupgraph status ADDRESS`` prints, and whether the scheduler could be asked."""
-    import dask.config
-    from distributed import Client
-
     from dedupgraph.routes.distributed.client import scheduler_status
     from dedupgraph.tools.observe import on_scheduler
 
-    try:
-        with dask.config.set({"distributed.client.preload": []}):  # a bare Client, as for info
-            client = Client(address, timeout=timeout, set_as_default=False)
-    except Exception as e:  # noqa: BLE001  (reported: the scheduler is unreachable)
-        return f"scheduler {address}: cannot connect ({type(e).__name__}: {e})", False
+    client = bare_client(address, timeout)
+    if isinstance(client, str):
+        return client, False
     with client:
         found = client.sync(scheduler_status, client, observe=False)
         if isinstance(found, str):  # it cannot import this dedupgraph: it could not run the question
