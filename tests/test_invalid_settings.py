@@ -113,7 +113,7 @@ def test_the_environment_route_with_a_remote_scheduler_warns_once_and_runs_plain
             )
         )
         script = """
-            import json, sys
+            import json, sys, time
             import numpy as np, pandas as pd
             import dask, dask.dataframe as dd
             from distributed import Client, futures_of
@@ -137,6 +137,11 @@ def test_the_environment_route_with_a_remote_scheduler_warns_once_and_runs_plain
                 client.gather(futures_of(held))
                 out["valid"] = client.run_on_scheduler(dedup_keys)  # the route hoists, as a check
                 del held
+                # the release is asynchronous: wait until the scheduler has forgotten the first hoisted key
+                deadline = time.monotonic() + 60
+                while client.run_on_scheduler(dedup_keys):
+                    assert time.monotonic() < deadline, "the first computation's keys were not released"
+                    time.sleep(0.05)
                 with dask.config.set({"dedupgraph.min-count": 0}):
                     parts = [dask.delayed(with_len)(pdf, m) for m in [Mapper()] for _ in range(4)]
                     frame = dd.from_pandas(pdf, npartitions=8).map_partitions(with_len, Mapper())
