@@ -89,22 +89,23 @@ def _connect_and_compute(file: str) -> tuple[list[warnings.WarningMessage], bool
     return [w for w in record if "dedupgraph" in str(w.message)], on, results
 
 
-def test_a_scheduler_with_another_version_is_named_at_connect_time_and_the_pass_stays_off(other_scheduler, fresh_warning):
-    told, on, results = _connect_and_compute(other_scheduler)
+def _the_one_warning_of_plain_dask(file: str) -> str:
+    """Connect to the cluster of ``file`` and compute: plain dask's results, the pass off, and one warning (its text)."""
+    told, on, results = _connect_and_compute(file)
     assert not on
     assert results == [BIG.count(i) for i in range(8)]
     assert len(told) == 1
-    message = str(told[0].message)
+    return str(told[0].message)
+
+
+def test_a_scheduler_with_another_version_is_named_at_connect_time_and_the_pass_stays_off(other_scheduler, fresh_warning):
+    message = _the_one_warning_of_plain_dask(other_scheduler)
     assert f"runs dedupgraph {OTHER}, this process {dedupgraph.__version__}" in message
     assert "the pass stays off" in message and f"install dedupgraph {dedupgraph.__version__}" in message
 
 
 def test_a_worker_with_another_version_is_named_at_connect_time_and_the_pass_stays_off(other_worker, fresh_warning):
-    told, on, results = _connect_and_compute(other_worker)
-    assert not on
-    assert results == [BIG.count(i) for i in range(8)]
-    assert len(told) == 1
-    message = str(told[0].message)
+    message = _the_one_warning_of_plain_dask(other_worker)
     assert "1 of 2 workers" in message and f"({OTHER})" in message and "the pass stays off" in message.lower()
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,27 +54,34 @@ def info(address: str | None, timeout: float) -> None:
             sys.exit(1)
 
 
-def bare_client(address: str, timeout: float) -> Any:
-    """A Client of the scheduler at ``address`` that runs no client preloads (they switch things on); or why not, as text."""
+def ask_scheduler(address: str, timeout: float, then: Callable[..., Any] | None = None) -> tuple[dict[str, Any] | str, Any] | str:
+    """What the scheduler at ``address`` says of its route, and ``then``'s answer if it runs this dedupgraph; or why it cannot be asked.
+
+    The route's status is a dict, or text when the scheduler cannot import dedupgraph
+    (``then`` is not run then). The client runs no client preloads: they switch things on.
+    """
     import dask.config
     from distributed import Client
 
+    from dedupgraph.routes.distributed.client import scheduler_status
+
     try:
         with dask.config.set({"distributed.client.preload": []}):
-            return Client(address, timeout=timeout, set_as_default=False)
+            client = Client(address, timeout=timeout, set_as_default=False)
     except Exception as e:  # noqa: BLE001  (reported: the scheduler is unreachable)
         return f"scheduler {address}: cannot connect ({type(e).__name__}: {e})"
+    with client:
+        found = client.sync(scheduler_status, client, observe=False)
+        answer = client.run_on_scheduler(then) if then is not None and not isinstance(found, str) else None
+    return found, answer
 
 
 def scheduler_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
     """What ``dedupgraph info --scheduler ADDRESS`` adds, and whether the scheduler could be asked."""
-    from dedupgraph.routes.distributed.client import scheduler_status
-
-    client = bare_client(address, timeout)
-    if isinstance(client, str):
-        return client, False
-    with client:
-        found = client.sync(scheduler_status, client, observe=False)
+    asked = ask_scheduler(address, timeout)
+    if isinstance(asked, str):
+        return asked, False
+    found = asked[0]
     if isinstance(found, str):
         return f"scheduler {address}: route off: {found}", True
     lines = [f"scheduler {address}: dedupgraph {found.get('version')}"]
@@ -103,17 +111,15 @@ def status(address: str, timeout: float) -> None:
 
 def status_text(address: str, timeout: float = 10.0) -> tuple[str, bool]:
     """What ``dedupgraph status ADDRESS`` prints, and whether the scheduler could be asked."""
-    from dedupgraph.routes.distributed.client import scheduler_status
     from dedupgraph.tools.observe import on_scheduler
 
-    client = bare_client(address, timeout)
-    if isinstance(client, str):
-        return client, False
-    with client:
-        found = client.sync(scheduler_status, client, observe=False)
-        if isinstance(found, str):  # it cannot import this dedupgraph: it could not run the question
-            return f"scheduler {address}: {found}", False
-        return format_status(address, client.run_on_scheduler(on_scheduler)), True
+    asked = ask_scheduler(address, timeout, then=on_scheduler)
+    if isinstance(asked, str):
+        return asked, False
+    found, answer = asked
+    if isinstance(found, str):  # it cannot import this dedupgraph: it could not run the question
+        return f"scheduler {address}: {found}", False
+    return format_status(address, answer), True
 
 
 def format_status(address: str, found: dict[str, Any]) -> str:
@@ -177,7 +183,7 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 

@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
@@ -59,7 +58,9 @@ from dedupgraph.tools.observe import HeldObject, snapshot
 
 if TYPE_CHECKING:
     from distributed import Scheduler, Worker
-    from prometheus_client.core import Metric
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+    Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
 
 logger = logging.getLogger("dedupgraph")
 
@@ -67,19 +68,35 @@ FALLBACK_CAUSES = (PRESCAN_FAILED, LAYERS_FAILED, LAYERS_DECLINED)
 FAILURE_CAUSES = (SUBMISSION, SETTINGS, PASS)
 
 
-class SchedulerCollector:
-    """The route's metrics for the schedulers of this process that run it (normally one)."""
-
-    def __init__(self) -> None:
-        self.schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+class Collector:
+    """A collector for prometheus_client's registry that never fails a scrape: subclasses yield their families."""
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check for names taken: registering must not collect
 
     def collect(self) -> list[Metric]:
-        return _guarded(self._families)
+        # a failing collector would fail the whole /metrics, distributed's too
+        try:
+            return list(self.families())
+        except Exception:
+            if _collect_failure_told():
+                logger.warning("dedupgraph: collecting its metrics failed; they are left out (said once)", exc_info=True)
+            return []
 
-    def _families(self) -> Iterator[Metric]:
+    def families(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+_collect_failure_told = Once()
+
+
+class SchedulerCollector(Collector):
+    """The route's metrics for the schedulers of this process that run it (normally one)."""
+
+    def __init__(self) -> None:
+        self.schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+    def families(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         totals: list[Totals] = []
@@ -99,60 +116,49 @@ class SchedulerCollector:
             "Graphs in which the scheduler route hoisted at least one object",
             value=sum(t.graphs_deduplicated for t in totals),
         )
-        hoisted = CounterMetricFamily(
-            "dedupgraph_objects_hoisted", "Objects hoisted into a shared key, counted once per graph", labels=["type"]
+        yield _labelled(
+            CounterMetricFamily(
+                "dedupgraph_objects_hoisted", "Objects hoisted into a shared key, counted once per graph", labels=["type"]
+            ),
+            sorted(_added(t.objects_hoisted for t in totals).items()),
         )
-        for label, count in sorted(_added(t.objects_hoisted for t in totals).items()):
-            hoisted.add_metric([label], count)
-        yield hoisted
         yield CounterMetricFamily(
             "dedupgraph_bytes_removed",
             "Task payload removed from graphs, in bytes: pickled size x (carrying tasks - 1) per hoisted object",
             value=sum(t.bytes_removed for t in totals),
         )
-        fallbacks = CounterMetricFamily(
-            "dedupgraph_fallbacks", "Graphs where a cheaper way did not work out and the pass ran instead", labels=["cause"]
+        yield _labelled(
+            CounterMetricFamily(
+                "dedupgraph_fallbacks", "Graphs where a cheaper way did not work out and the pass ran instead", labels=["cause"]
+            ),
+            _by_cause(_added(t.fallbacks for t in totals), FALLBACK_CAUSES),
         )
-        for cause, count in _by_cause(_added(t.fallbacks for t in totals), FALLBACK_CAUSES):
-            fallbacks.add_metric([cause], count)
-        yield fallbacks
-        failures = CounterMetricFamily(
-            "dedupgraph_failures", "Graphs the route failed on, left as plain dask's (logged)", labels=["cause"]
+        yield _labelled(
+            CounterMetricFamily("dedupgraph_failures", "Graphs the route failed on, left as plain dask's (logged)", labels=["cause"]),
+            _by_cause(_added(t.failures for t in totals), FAILURE_CAUSES),
         )
-        for cause, count in _by_cause(_added(t.failures for t in totals), FAILURE_CAUSES):
-            failures.add_metric([cause], count)
-        yield failures
         yield CounterMetricFamily(
             "dedupgraph_route_cpu_seconds",
             "CPU time of the materializing thread while the route handled graphs, distributed's materialization included",
             value=sum(t.cpu_seconds for t in totals),
         )
-        objects = GaugeMetricFamily("dedupgraph_held_objects", "Hoisted objects in memory on the cluster now", labels=["type"])
-        nbytes = GaugeMetricFamily(
-            "dedupgraph_held_bytes", "Size of the hoisted objects in memory now, one copy each, in bytes", labels=["type"]
+        by_type = sorted(_added({h.label: 1} for h in held).items())
+        bytes_by_type = sorted(_added({h.label: h.nbytes} for h in held).items())
+        yield _labelled(
+            GaugeMetricFamily("dedupgraph_held_objects", "Hoisted objects in memory on the cluster now", labels=["type"]), by_type
         )
-        by_label: dict[str, list[int]] = {}
-        for h in held:
-            count_and_bytes = by_label.setdefault(h.label, [0, 0])
-            count_and_bytes[0] += 1
-            count_and_bytes[1] += h.nbytes
-        for label, (count, size) in sorted(by_label.items()):
-            objects.add_metric([label], count)
-            nbytes.add_metric([label], size)
-        yield objects
-        yield nbytes
+        yield _labelled(
+            GaugeMetricFamily(
+                "dedupgraph_held_bytes", "Size of the hoisted objects in memory now, one copy each, in bytes", labels=["type"]
+            ),
+            bytes_by_type,
+        )
 
 
-class WorkerCollector:
+class WorkerCollector(Collector):
     """What ``share="host"`` maps and created in this process."""
 
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> list[Metric]:
-        return _guarded(self._families)
-
-    def _families(self) -> Iterator[Metric]:
+    def families(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         now = shared_memory()
@@ -170,25 +176,19 @@ class WorkerCollector:
         )
 
 
-def _guarded(families: Callable[[], Iterator[Metric]]) -> list[Metric]:
-    """``families()``, or none if that raises: a failing collector would fail the whole ``/metrics``, distributed's too."""
-    try:
-        return list(families())
-    except Exception:
-        if _collect_failure_told():
-            logger.warning("dedupgraph: collecting its metrics failed; they are left out (said once)", exc_info=True)
-        return []
-
-
-_collect_failure_told = Once()
-
-
 def _added(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for d in dicts:
         for name, count in d.items():
             out[name] = out.get(name, 0) + count
     return out
+
+
+def _labelled(family: Family, samples: Iterable[tuple[str, int]]) -> Family:
+    """``family``, made with one label, with one sample per value of that label."""
+    for value, count in samples:
+        family.add_metric([value], count)
+    return family
 
 
 def _by_cause(counts: dict[str, int], causes: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -198,35 +198,28 @@ def _by_cause(counts: dict[str, int], causes: tuple[str, ...]) -> list[tuple[str
 
 # --- once per process: the collectors in prometheus_client's default registry (what /metrics serves)
 
-_registry_lock = threading.Lock()
-_scheduler_collector: SchedulerCollector | None = None
-_worker_collector: WorkerCollector | None = None
+_SCHEDULER_COLLECTOR = SchedulerCollector()
+_WORKER_COLLECTOR = WorkerCollector()
+_scheduler_collector_registered = Once()
+_worker_collector_registered = Once()
 
 
 def watch_scheduler(scheduler: Scheduler) -> None:
     """Show ``scheduler``'s route on this process's ``/metrics``, and have its workers show theirs."""
-    global _scheduler_collector
     from prometheus_client import REGISTRY
 
-    with _registry_lock:
-        if _scheduler_collector is None:
-            collector = SchedulerCollector()
-            REGISTRY.register(collector)
-            _scheduler_collector = collector
-        _scheduler_collector.schedulers.add(scheduler)
+    if _scheduler_collector_registered():
+        REGISTRY.register(_SCHEDULER_COLLECTOR)
+    _SCHEDULER_COLLECTOR.schedulers.add(scheduler)
     scheduler.add_plugin(SendsWorkerMetrics(), idempotent=True)
 
 
 def watch_worker() -> None:
     """Show this process's shared memory on its ``/metrics`` (idempotent)."""
-    global _worker_collector
     from prometheus_client import REGISTRY
 
-    with _registry_lock:
-        if _worker_collector is None:
-            collector = WorkerCollector()
-            REGISTRY.register(collector)
-            _worker_collector = collector
+    if _worker_collector_registered():
+        REGISTRY.register(_WORKER_COLLECTOR)
 
 
 class WorkerMetrics(WorkerPlugin):
