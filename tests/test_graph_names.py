@@ -12,6 +12,7 @@ import dataclasses
 import io
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import cloudpickle
@@ -98,6 +99,12 @@ def test_every_name_a_graph_refers_to_is_documented_and_every_documented_one_is_
         seen |= names_in(collections_to_expr([x]).optimize())
         seen |= names_in(collections_to_expr([dask.delayed(len)(TABLE)]).optimize())
         seen |= names_in(collections_to_expr([db.from_sequence(range(4)).map(add_len, TABLE)]).optimize())
+    # ... unless its settings are invalid: then it travels as what it wraps, to leave graphs plain
+    with dedupgraph.enable(), dask.config.set({"dedupgraph.min-bytes": "lots"}), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the warning is test_invalid_settings' subject
+        travelled = names_in(dask.config.get("array_optimize"))
+    assert "dedupgraph.routes.config.Deduplicator" not in travelled
+    seen |= travelled
     # a hoisted function: tasks call it through the runtime
     holder = Holder(TABLE)
     calls = [dask.delayed(holder.apply)(i) for i in range(4)]
