@@ -59,6 +59,7 @@ from dask.base import normalize_token
 from dask.sizeof import sizeof
 from dask.utils import format_bytes
 
+from dedupgraph.placement.accounting import count_segments_once
 import dedupgraph.placement.segments as segments
 from dedupgraph.core.fingerprint import pickled_parts
 from dedupgraph.core.plan import Hoist
@@ -169,6 +170,8 @@ class HostShared:
             if self._object is _NOTHING:
                 self._resolve(pull=True)
                 self._object = pickle.loads(self.layout.header, buffers=self._buffers())
+                if self._view is not None:
+                    count_segments_once()
             return self._object
 
     def taken(self) -> HostShared:
@@ -187,6 +190,8 @@ class HostShared:
             value._view, value._private = self._view, self._private
         with value._lock:
             value._resolve(pull=True)
+        if value._view is not None:
+            count_segments_once()
         return value
 
     def _resolve(self, pull: bool) -> None:

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import psutil
 from dask.utils import format_bytes
 
 try:
@@ -403,6 +404,11 @@ def _check_room(directory: Path, size: int, limit: float | int) -> None:
     free = fs.f_bavail * fs.f_frsize
     if size + MARGIN > free:
         raise NoRoom(f"{directory} has {format_bytes(free)} free, {format_bytes(size)} needed")
+    # workers leave segments out of the memory their limits watch (placement.accounting):
+    # a segment the host cannot hold now must not be made behind their back
+    available = psutil.virtual_memory().available
+    if size + MARGIN > available:
+        raise NoRoom(f"the host has {format_bytes(available)} of memory available, {format_bytes(size)} needed")
 
 
 def sweep(directory: Path | None = None) -> list[str]:

@@ -1,0 +1,152 @@
+"""share="host": distributed's memory manager counts each segment once per host, not once per worker.
+
+A worker's RSS counts every page of a segment it touched; pausing, spilling and
+the nanny's restart go by it. These tests run real workers whose memory limit
+is below 1.25 times the shared object, so that counting the segment as each
+worker's own would pause or restart them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import dask
+import numpy as np
+import psutil
+import pytest
+from distributed import Client, LocalCluster, get_worker
+
+import dedupgraph
+from dedupgraph.placement import segments
+from dedupgraph.placement.accounting import NANNY_PLUGIN, segment_pages
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX shared memory: Linux only")
+
+MiB = 2**20
+SIZE = 160 * MiB
+LIMIT = int(1.2 * SIZE)  # below 1.25 times the object: as the issue's targets ask
+
+
+@contextlib.contextmanager
+def segment_dir():
+    """A fresh directory on /dev/shm named by DEDUPGRAPH_SHM_DIR, which workers started inside inherit."""
+    path = Path(tempfile.mkdtemp(prefix="test-dedupgraph-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(segments.DIR_VARIABLE, str(path))
+        try:
+            yield path
+        finally:
+            for leftover in path.iterdir():
+                leftover.unlink()
+            path.rmdir()
+
+
+def fill(write):
+    write(0, b"\x01" * SIZE)
+
+
+def test_segment_pages_count_a_segment_whole_in_one_process_and_half_in_each_of_two():
+    with segment_dir() as directory:
+        view = segments.create("ab" * 16, SIZE, 0.9, fill)
+        assert view is not None
+        assert np.frombuffer(view, dtype="u1").sum() == SIZE  # every page touched
+        alone = segment_pages()
+        assert alone.resident == alone.proportional == SIZE
+        # a second process maps and touches the same segment
+        other = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import sys, numpy as np
+                from dedupgraph.placement import segments
+                view = segments.attach({"ab" * 16!r}, {SIZE})
+                print(int(np.frombuffer(view, dtype="u1").sum()), flush=True)
+                sys.stdin.readline()
+            """)],
+            env={**os.environ, segments.DIR_VARIABLE: str(directory)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert int(other.stdout.readline()) == SIZE
+            shared = segment_pages()
+            assert shared.resident == SIZE
+            assert abs(shared.proportional - SIZE // 2) <= MiB
+            assert abs(segment_pages(other.pid).proportional - SIZE // 2) <= MiB
+        finally:
+            other.communicate("done\n", timeout=120)
+        del view
+
+
+def test_a_process_without_segments_has_none():
+    assert segment_pages() == segment_pages(os.getpid())
+    assert segment_pages(2**22 + 12345).resident == 0  # no such process: nothing, no error
+
+
+def read_all(i, model):
+    """Touch every page of the model, then say what the worker's memory manager sees."""
+    total = float(model.sum())
+    worker = get_worker()
+    return {
+        "value": total + i,
+        "counted": worker.monitor.get_process_memory(),
+        "rss": psutil.Process().memory_info().rss,
+        "pages": segment_pages(),
+        "worker": worker.address,
+    }
+
+
+def test_workers_below_the_objects_size_run_without_pause_spill_or_restart():
+    model = np.ones(SIZE // 8)
+    with segment_dir() as directory:
+        with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=":0") as cluster:
+            with Client(cluster) as client:
+                ran(client, cluster, model)
+        assert list(directory.iterdir()) == []  # nothing left
+
+
+def ran(client: Client, cluster: LocalCluster, model: np.ndarray) -> None:
+    """Read the model in 16 tasks: plain results, and no pause, spill or restart."""
+    a, b = sorted(client.scheduler_info()["workers"])
+    with dedupgraph.enable(share="host", share_min_bytes=MiB):
+        # both workers read it: half the tasks each, in two graphs hoisting the same content
+        halves = [client.compute([dask.delayed(read_all)(i, model) for i in range(start, start + 8)], workers=[w])
+                  for start, w in ((0, a), (8, b))]
+        seen = [s for half in client.gather(halves) for s in half]
+    assert [s["value"] for s in seen] == [float(model.sum()) + i for i in range(16)]
+    assert {s["worker"] for s in seen} == {a, b}
+    for s in seen:
+        # counted as plain distributed counts, the segment would take the worker over
+        # its pause fraction: the RSS holds the whole segment
+        assert s["rss"] > 0.8 * LIMIT and s["pages"].resident >= SIZE - MiB
+    for s in seen:
+        # what the memory manager counts: the worker's own memory, under the pause fraction
+        assert s["counted"] <= s["rss"] - s["pages"].resident + 16 * MiB
+        assert s["counted"] < 0.8 * LIMIT
+    events = client.get_events()
+    paused = [m for topic, msgs in events.items() for _, m in msgs
+              if isinstance(m, dict) and m.get("action") == "worker-status-change" and m.get("status") == "paused"]
+    assert paused == [], (paused, client.run(lambda dask_worker: list(dask_worker.monitor.quantities["memory"])))
+    assert events.get("worker-restart-memory", ()) == ()
+    assert len(client.scheduler_info()["workers"]) == 2
+    assert client.run(lambda dask_worker: len(dask_worker.data.slow)) == dict.fromkeys(cluster.scheduler_info["workers"], 0)
+    assert all(NANNY_PLUGIN in names for names in client.run(lambda dask_worker: list(dask_worker.plugins), nanny=True).values())
+
+
+def test_a_segment_the_hosts_available_memory_cannot_hold_is_not_made(monkeypatch, caplog):
+    import logging
+    from collections import namedtuple
+
+    # the workers' limits do not watch segments: one the host cannot hold must stay per process
+    with segment_dir() as directory:
+        caplog.set_level(logging.DEBUG, logger="dedupgraph")
+        memory = namedtuple("memory", "available")
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(SIZE // 2))
+        assert segments.create("cd" * 16, SIZE, 0.9, fill) is None
+        assert "memory available" in caplog.text and list(directory.iterdir()) == []
+        monkeypatch.undo()
+        view = segments.create("cd" * 16, SIZE, 0.9, fill)
+        assert view is not None and len(view) == SIZE
+        del view
