@@ -357,6 +357,9 @@ def test_the_workers_metrics_show_what_share_host_maps(cluster):
         assert segments >= 1
         assert sum(_sample(page, "dedupgraph_shm_mapped_bytes") for page in pages) >= 240_000
         assert sum(_sample(page, "dedupgraph_shm_segments_created_total") for page in pages) >= 1
+        # the host's segments once, the same on every worker of the host (both share one segment directory)
+        host_bytes = {_sample(page, "dedupgraph_shm_host_bytes") for page in pages}
+        assert len(host_bytes) == 1 and host_bytes.pop() >= 240_000
 
 
 def test_status_of_an_unreachable_scheduler_says_so():

@@ -44,7 +44,7 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from dedupgraph.once import Once
-from dedupgraph.placement import shared_memory
+from dedupgraph.placement import host_segment_bytes, shared_memory
 from dedupgraph.routes.distributed.records import (
     LAYERS_DECLINED,
     LAYERS_FAILED,
@@ -167,6 +167,12 @@ class WorkerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "dedupgraph_shm_mapped_bytes", "Bytes of the shared-memory segments this process maps now", value=now.nbytes
+        )
+        yield GaugeMetricFamily(
+            "dedupgraph_shm_host_bytes",
+            "Bytes of dedupgraph's shared-memory segments on this host, counted once: every worker of a host shows the same "
+            "figure, and no worker's process memory includes them",
+            value=host_segment_bytes(),
         )
         yield CounterMetricFamily(
             "dedupgraph_shm_segments_created", "Shared-memory segments this process created", value=now.created
