@@ -1,7 +1,7 @@
 """Workers whose memory limit is below the shared object: pauses, spills, restarts and wall time.
 
     python -m dedupgraph.benchmarks.host_limits                     # 400 MB; 2 and 4 workers; 3 rounds
-    python -m dedupgraph.benchmarks.host_limits --mb 100 --workers 2 --rounds 1
+    python -m dedupgraph.benchmarks.host_limits --workers 2 --rounds 8 --modes "host, tight" "host, ample"
 
 A ``Model`` of ``--mb`` MB (numeric pandas and numpy data, as in
 ``host_memory``) is passed to ``map_blocks`` over 4 chunks per worker, each task
@@ -13,7 +13,8 @@ processes x 1 thread, per run:
 - ``host, ample``: ``share="host"``, a limit large enough never to matter
   (4 times the object plus 1 GiB);
 - ``process, tight``: ``share="process"``, the tight limit: each worker holds
-  its own copy, as in plain dask.
+  its own copy;
+- ``plain, tight``: dask without dedupgraph, the tight limit.
 
 For each run: whether it finished, the wall time of the compute, the workers'
 pauses (the scheduler's ``worker-status-change`` events), restarts by their
@@ -26,6 +27,7 @@ table gives medians of the wall times, and the sums of the events.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import time
@@ -43,7 +45,7 @@ import dedupgraph
 from .host_memory import Model, segment_directory
 
 MiB = 2**20
-MODES = ("host, tight", "host, ample", "process, tight")
+MODES = ("host, tight", "host, ample", "process, tight", "plain, tight")
 TIGHT = 1.2  #: a worker's limit, in objects
 
 
@@ -77,7 +79,7 @@ def one_run(mode: str, workers: int, model: Model, timeout: float) -> Run:
             ) as cluster, Client(cluster) as client:
                 arr = da.zeros((4 * workers, 4), chunks=(1, 4)).map_blocks(read_all, model, meta=np.array((), dtype="f8"))
                 start = time.perf_counter()
-                with dedupgraph.enable(share=share):
+                with dedupgraph.enable(share=share) if share != "plain" else contextlib.nullcontext():
                     future = client.compute(arr)
                 finished = True
                 try:
@@ -102,12 +104,12 @@ def _spilled(dask_worker: Any) -> int:
     return len(slow) if slow is not None else 0
 
 
-def run(mb: float, workers: Sequence[int], rounds: int, timeout: float) -> list[Run]:
+def run(mb: float, workers: Sequence[int], rounds: int, timeout: float, modes: Sequence[str] = MODES) -> list[Run]:
     model = Model(mb)
     runs = []
     for n in workers:
         for r in range(rounds):
-            for mode in MODES if r % 2 == 0 else reversed(MODES):
+            for mode in modes if r % 2 == 0 else reversed(modes):
                 runs.append(one_run(mode, n, model, timeout))
                 print(runs[-1], flush=True)
     return runs
@@ -121,7 +123,7 @@ def markdown(runs: Sequence[Run], mb: float) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for n in sorted({r.workers for r in runs}):
-        for mode in MODES:
+        for mode in [m for m in MODES if any(r.mode == m for r in runs)]:
             cell = [r for r in runs if r.workers == n and r.mode == mode]
             done = [r.seconds for r in cell if r.finished]
             lines.append(
@@ -138,8 +140,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, action="append", help="worker processes (repeatable; default 2 and 4)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds before a compute counts as not finished")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), metavar="MODE", help=f"of {MODES}")
     args = parser.parse_args(argv)
-    runs = run(args.mb, args.workers or [2, 4], args.rounds, args.timeout)
+    runs = run(args.mb, args.workers or [2, 4], args.rounds, args.timeout, args.modes)
     print(markdown(runs, args.mb))
 
 

@@ -24,7 +24,7 @@ from distributed import Client, LocalCluster, get_worker
 
 import dedupgraph
 from dedupgraph.placement import segments
-from dedupgraph.placement.accounting import NANNY_PLUGIN, segment_pages
+from dedupgraph.placement.accounting import NANNY_PLUGIN, SegmentsInRss, segment_pages
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX shared memory: Linux only")
 
@@ -77,6 +77,19 @@ def test_segment_pages_count_a_segment_whole_in_one_process_and_half_in_each_of_
             assert abs(segment_pages(other.pid).proportional - SIZE // 2) <= MiB
         finally:
             other.communicate("done\n", timeout=120)
+        del view
+
+
+def test_the_segments_pages_in_rss_follow_a_first_touch():
+    with segment_dir():
+        view = segments.create("ef" * 16, SIZE, 0.9, fill)
+        assert view is not None
+        in_rss = SegmentsInRss("self")
+        mapped = segments.mapped()
+        untouched = in_rss((mapped.segments, mapped.nbytes))
+        assert untouched < SIZE // 8  # mapped, not yet read: not in the RSS
+        assert np.frombuffer(view, dtype="u1").sum() == SIZE
+        assert abs(in_rss((mapped.segments, mapped.nbytes)) - SIZE) <= 4 * MiB  # read from RssShmem, or smaps
         del view
 
 
@@ -150,3 +163,11 @@ def test_a_segment_the_hosts_available_memory_cannot_hold_is_not_made(monkeypatc
         view = segments.create("cd" * 16, SIZE, 0.9, fill)
         assert view is not None and len(view) == SIZE
         del view
+
+
+def test_the_limits_benchmark_runs_at_its_smallest():
+    from dedupgraph.benchmarks.host_limits import markdown, run
+
+    (done,) = run(50, [2], 1, 120.0, ["host, ample"])
+    assert done.finished and (done.pauses, done.restarts, done.spilled, done.left) == (0, 0, 0, 0)
+    assert "| 2 | host, ample | 1 of 1 |" in markdown([done], 50)

@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dedupgraph")
 
 NANNY_PLUGIN = "dedupgraph-segments-counted-once"
-#: a worker's correction is measured again after this long, or when it maps or unmaps a segment
-RECHECK_SECONDS = 1.0
+#: the segments' pages are read from smaps again after this long, or when what is mapped changes
+RECHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,54 @@ def _kilobytes(data: bytes, start: int) -> int:
     return int(data[start : data.index(b"kB", start)]) * 1024
 
 
+def shmem_resident(pid: int | str = "self") -> int:
+    """Bytes of shared memory in process ``pid``'s RSS (``RssShmem``): a counter, cheap to read.
+
+    >>> shmem_resident() >= 0
+    True
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"RssShmem:"):
+                    return _kilobytes(line, 9)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class SegmentsInRss:
+    """The segments' pages in a process's RSS, kept up to date cheaply: what to leave out of its memory.
+
+    >>> in_rss = SegmentsInRss("self")
+    >>> in_rss(mapped=(0, 0)) >= 0
+    True
+
+    ``/proc/PID/smaps`` names the pages of each mapping but walks every one
+    of them, far too slow for every memory sample of a worker; ``RssShmem``
+    counts all shared memory at once, the segments' and anyone else's. So
+    smaps is read when what is mapped changes and every ``RECHECK_SECONDS``,
+    and in between the segments' pages follow ``RssShmem`` (a task touching
+    a segment's pages for the first time raises both).
+    """
+
+    def __init__(self, pid: int | str) -> None:
+        self.pid = pid
+        self._mapped: object = None  # what was mapped at the last read of smaps
+        self._read_at = -RECHECK_SECONDS
+        self._pages = 0  # the segments' pages then
+        self._shmem = 0  # RssShmem then
+
+    def __call__(self, mapped: object) -> int:
+        """The segments' pages now, given what the process maps (any value that changes with it)."""
+        shmem = shmem_resident(self.pid)
+        now = time.monotonic()
+        if mapped != self._mapped or now - self._read_at > RECHECK_SECONDS:
+            self._mapped, self._read_at = mapped, now
+            self._pages, self._shmem = segment_pages(self.pid).resident, shmem
+        return min(max(self._pages + shmem - self._shmem, 0), shmem)
+
+
 def count_segments_once() -> None:
     """In a worker that maps a segment: leave the host's segments out of its memory (idempotent).
 
@@ -125,22 +173,13 @@ def _counts_once(measure: Callable[[], Any]) -> bool:
 
 
 def _process_memory(measure: Callable[[], int]) -> Callable[[], int]:
-    """``measure`` (the RSS) less the segments' resident pages."""
-    # reading smaps on every sample would cost more than the rest: the correction is
-    # read again when what is mapped changes, when the RSS moves by a sixteenth of
-    # it (pages of a segment touched for the first time), or after RECHECK_SECONDS
-    last: list[Any] = [None, 0.0, 0, 0]  # what was mapped, when, the RSS then, the segments' pages then
+    """``measure`` (the RSS) less the segments' pages in it."""
+    in_rss = SegmentsInRss("self")
 
     def process_memory() -> int:
         rss = measure()
-        now_mapped = segments.mapped()
-        if now_mapped.segments == 0:
-            return rss
-        seen = (now_mapped.segments, now_mapped.nbytes)
-        now = time.monotonic()
-        if seen != last[0] or now - last[1] > RECHECK_SECONDS or abs(rss - last[2]) > now_mapped.nbytes // 16:
-            last[:] = [seen, now, rss, segment_pages().resident]
-        return max(rss - last[3], 0)
+        now = segments.mapped()
+        return rss if now.segments == 0 else max(rss - in_rss((now.segments, now.nbytes)), 0)
 
     process_memory.counts_segments_once = True  # type: ignore[attr-defined]
     return process_memory
@@ -179,6 +218,8 @@ class NannyCountsSegmentsOnce(NannyPlugin):
 def _nanny_check(nanny: Nanny, manager: Any, check: Callable[[], Any]) -> Callable[[], None]:
     import psutil  # distributed's own dependency
 
+    in_rss: list[SegmentsInRss] = []  # for the worker process of now: a restart makes a new one
+
     def memory_monitor() -> None:
         process = getattr(nanny.process, "process", None)
         pid = getattr(process, "pid", None)
@@ -188,8 +229,11 @@ def _nanny_check(nanny: Nanny, manager: Any, check: Callable[[], Any]) -> Callab
                 rss = psutil.Process(pid).memory_info().rss
             except psutil.Error:
                 rss = 0
-            if rss > fraction * limit and rss - segment_pages(pid).resident <= fraction * limit:
-                return  # over only by counting the host's segments as the worker's own memory
+            if rss > fraction * limit:
+                if not in_rss or in_rss[0].pid != pid:
+                    in_rss[:] = [SegmentsInRss(pid)]
+                if rss - in_rss[0](mapped=pid) <= fraction * limit:
+                    return  # over only by counting the host's segments as the worker's own memory
         check()
 
     memory_monitor.counts_segments_once = True  # type: ignore[attr-defined]
