@@ -7,7 +7,6 @@ make these assertions wrong, and assertions about "nothing left" can be exact.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -16,7 +15,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from dask import delayed
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, wait
 
 import dedupgraph
+from segment_dirs import segment_dir
 from dedupgraph.placement import host as host_share
 from dedupgraph.placement import segments as shared_memory
 from dedupgraph.core.pipeline import deduplicate_graph
@@ -88,20 +87,6 @@ def expected_probes(table, n=TASKS):
 def overwrite(i, table):
     table.weights[0] = 42.0
     return i
-
-
-@contextlib.contextmanager
-def segment_dir():
-    """A fresh directory on /dev/shm, named by DEDUPGRAPH_SHM_DIR (workers started inside inherit it)."""
-    path = Path(tempfile.mkdtemp(prefix="test-dedupgraph-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(shared_memory.DIR_VARIABLE, str(path))
-        try:
-            yield path
-        finally:
-            for leftover in path.iterdir():
-                leftover.unlink()
-            path.rmdir()
 
 
 def cluster(n_workers: int, **kwargs) -> LocalCluster:
