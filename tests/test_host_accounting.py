@@ -155,3 +155,47 @@ def test_the_limits_benchmark_runs_at_its_smallest():
     (done,) = run(50, [2], 1, 120.0, ["host, ample"])
     assert done.finished and (done.pauses, done.restarts, done.spilled, done.left) == (0, 0, 0, 0)
     assert "| 2 | host, ample | 1 of 1 |" in markdown([done], 50)
+
+
+class Unreadable:
+    """A stand-in for the worker's memory measure that answers but cannot be inspected."""
+
+    def __init__(self, measure):
+        self.measure = measure
+
+    def __call__(self):
+        return self.measure()
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"no {name} here")
+
+
+def _unreadable_measure(dask_worker):
+    dask_worker.monitor.get_process_memory = Unreadable(dask_worker.monitor.get_process_memory)
+
+
+def _told(dask_worker):
+    """The dedupgraph WARNINGs this worker process logged since ``_listen``."""
+    return [r.getMessage() for r in dask_worker.dedupgraph_test_records]
+
+
+def _listen(dask_worker):
+    import logging
+
+    records = dask_worker.dedupgraph_test_records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("dedupgraph").addHandler(handler)
+
+
+def test_a_worker_the_accounting_cannot_be_put_into_still_computes():
+    model = np.ones(4 * MiB // 8)
+    with segment_dir(), LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.run(_listen)
+        client.run(_unreadable_measure)
+        with dedupgraph.enable(share="host", share_min_bytes=MiB):
+            seen = client.gather(client.compute([dask.delayed(read_all)(i, model) for i in range(4)]))
+        told = list(client.run(_told).values())[0]
+    assert [s["value"] for s in seen] == [float(model.sum()) + i for i in range(4)]
+    assert all(s["pages"].resident > 0 for s in seen)  # the tasks did read a segment
+    assert told == ["dedupgraph: could not leave shared segments out of this worker's memory"]  # once

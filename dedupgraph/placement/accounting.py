@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from distributed.diagnostics.plugin import NannyPlugin
 
 import dedupgraph.placement.segments as segments
+from dedupgraph.once import Once
 
 if TYPE_CHECKING:
     from distributed import Nanny, Worker
@@ -129,19 +130,18 @@ class SegmentsInRss:
 
     def __init__(self, pid: int | str) -> None:
         self.pid = pid
-        self._mapped: object = None  # what was mapped at the last read of smaps
-        self._read_at = -RECHECK_SECONDS
-        self._pages = 0  # the segments' pages then
-        self._shmem = 0  # RssShmem then
+        # what was mapped, when smaps was read, the segments' pages and RssShmem then:
+        # one tuple, replaced whole, since the event loop and task threads both ask
+        self._last: tuple[object, float, int, int] = (None, -RECHECK_SECONDS, 0, 0)
 
     def __call__(self, mapped: object) -> int:
         """The segments' pages now, given what the process maps (any value that changes with it)."""
         shmem = shmem_resident(self.pid)
         now = time.monotonic()
-        if mapped != self._mapped or now - self._read_at > RECHECK_SECONDS:
-            self._mapped, self._read_at = mapped, now
-            self._pages, self._shmem = segment_pages(self.pid).resident, shmem
-        return min(max(self._pages + shmem - self._shmem, 0), shmem)
+        last = self._last
+        if mapped != last[0] or now - last[1] > RECHECK_SECONDS:
+            last = self._last = (mapped, now, segment_pages(self.pid).resident, shmem)
+        return min(max(last[2] + shmem - last[3], 0), shmem)
 
 
 def count_segments_once() -> None:
@@ -156,16 +156,21 @@ def count_segments_once() -> None:
         worker = get_worker()
     except (ImportError, ValueError):
         return
-    with _installing:
-        if _counts_once(worker.monitor.get_process_memory):
-            return
-        worker.monitor.get_process_memory = _process_memory(worker.monitor.get_process_memory)  # type: ignore[method-assign]
-    if worker.nanny:
-        worker.loop.add_callback(_tell_nanny, worker)
+    try:
+        with _installing:
+            if _counts_once(worker.monitor.get_process_memory):
+                return
+            worker.monitor.get_process_memory = _process_memory(worker.monitor.get_process_memory)  # type: ignore[method-assign]
+        if worker.nanny:
+            worker.loop.add_callback(_tell_nanny, worker)
+    except Exception:  # noqa: BLE001  (never a task's failure: the worker is measured as distributed measures it)
+        if _install_failure_told():
+            logger.warning("dedupgraph: could not leave shared segments out of this worker's memory", exc_info=True)
 
 
 # one worker's tasks map segments in several threads: one of them installs
 _installing = threading.Lock()
+_install_failure_told = Once()
 
 
 def _counts_once(measure: Callable[[], Any]) -> bool:
