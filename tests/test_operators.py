@@ -347,6 +347,9 @@ def test_the_workers_metrics_show_what_share_host_maps(cluster):
     with holding(cluster, "host", 30_100) as hoisted:
         rows = _until(lambda: _held_rows(_get(port, "/dedupgraph")), "the page to show the object")
         assert [key.split("-")[:3] for key in rows] == [["dedup", "host", "Mapper"]]  # one copy per host
+        page = _get(port, "/dedupgraph")
+        (size,) = [row["size"] for row in rows.values()]
+        assert f"In shared memory (share=\"host\"): 1 of them, {size} on 1 host, one copy per host." in page
 
         def mapped():
             pages = [_get(worker_port, "/metrics") for worker_port in hoisted["workers"].values()]

@@ -136,6 +136,15 @@ def _held_table(held: tuple[HeldObject, ...]) -> str:
             f"<td><code>{_e(h.digest)}</code></td><td><code>{_e(h.key)}</code></td></tr>"
         )
     rows.append("</table>")
+    shared = [h for h in held if h.per_host]
+    if shared:
+        hosts = {host for h in shared for host in h.hosts}
+        in_all = sum(h.nbytes * len(h.hosts) for h in shared)
+        rows.append(
+            f"<p>In shared memory (share=\"host\"): {len(shared)} of them, {_e(format_bytes(in_all))} on "
+            f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}, one copy per host. The workers' process memory, "
+            "by which distributed pauses, spills and restarts them, leaves it out.</p>"
+        )
     return "".join(rows)
 
 

@@ -60,6 +60,7 @@ class HeldObject:
     tasks: int  #: the tasks that use it now (its dependents)
     workers: tuple[str, ...]  #: the workers that hold it
     per_host: bool = False  #: held once per host, in shared memory (``share="host"``)
+    hosts: tuple[str, ...] = ()  #: the hosts of the workers that hold it
 
     @property
     def saved_bytes(self) -> int:
@@ -122,6 +123,7 @@ def _held(key: Hashable, ts: Any, known: Mapping[Hashable, HoistedObject]) -> He
         tasks=len(ts.dependents),
         workers=tuple(sorted(ws.address for ws in ts.who_has or ())),
         per_host=bool(match and match.group("host")),
+        hosts=tuple(sorted({ws.host for ws in ts.who_has or ()})),
     )
 
 
