@@ -59,11 +59,11 @@ from dask.base import normalize_token
 from dask.sizeof import sizeof
 from dask.utils import format_bytes
 
-from dedupgraph.placement.accounting import count_segments_once
 import dedupgraph.placement.segments as segments
 from dedupgraph.core.fingerprint import pickled_parts
 from dedupgraph.core.plan import Hoist
 from dedupgraph.core.rewrite import Place
+from dedupgraph.placement.accounting import count_segments_once
 from dedupgraph.settings import Settings
 
 logger = logging.getLogger("dedupgraph")
