@@ -288,7 +288,7 @@ def stage_one_walk(graph: Graph, subgraphs: str) -> int:
         nonlocal visits
         visits += 1
         fp = memo.fingerprint(value)
-        if fp is None or fp.nbytes < settings.min_bytes:
+        if fp is None or fp.nbytes < settings.smallest_hoisted:
             judged.add(id(value))
 
     shared: dict[int, Any] = {}

@@ -13,7 +13,11 @@ The default graph is ``(zeros.map_blocks(f, obj) + 1).sum()`` over
   shared by every ``map_blocks`` task;
 - ``distinct``: every group of 10 chunks gets its own ~100 KB numpy array (the
   array is built per group and concatenated), so there are tasks/30 distinct
-  medium objects to fingerprint and hoist.
+  medium objects to fingerprint and hoist;
+- ``medium``: ``--tasks`` tasks that each carry their own ~20 KB object, in
+  turn a numpy array, ``bytes`` and a pandas Series, nothing repeated (then ``+ 1``,
+  fused with them): nothing to hoist, and every object above ``floor-bytes``
+  (issue 21's worst case for a low floor).
 
 ``--graph issue`` is issue 11's example instead,
 ``(ones((n, 4), chunks=(1, 4)).map_blocks(f, obj) + 1).sum()``, sized to
@@ -60,7 +64,7 @@ from dedupgraph.core.pipeline import deduplicate_graph, task_graph
 from dedupgraph.routes.config import Deduplicator
 from dedupgraph.settings import Settings
 
-SCENARIOS = ("none", "shared", "distinct")
+SCENARIOS = ("none", "shared", "distinct", "medium")
 GRAPHS = ("zeros", "issue")
 GROUP = 10  # chunks sharing one object in the "distinct" scenario
 
@@ -73,8 +77,41 @@ def add_obj(block: np.ndarray, obj: Any) -> np.ndarray:
     return block + obj
 
 
+MEDIUM_BYTES = 20_000
+
+
+def medium_objects(count: int) -> list[Any]:
+    """``count`` distinct objects of about ``MEDIUM_BYTES`` pickled: numpy arrays, ``bytes`` and pandas Series in turn."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    kinds = (
+        lambda i: rng.random(MEDIUM_BYTES // 8),
+        lambda i: rng.bytes(MEDIUM_BYTES),
+        lambda i: pd.Series(rng.random(MEDIUM_BYTES // 8 - 50)),
+    )
+    return [kinds[i % 3](i) for i in range(count)]
+
+
+def first_row(obj: Any) -> np.ndarray:
+    return np.zeros((1, 1))
+
+
+def each_its_own(tasks: int) -> da.Array:
+    """``tasks`` tasks that each carry their own medium object, then ``+ 1``."""
+    from dask._task_spec import Task
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"each-its-own-{tasks}"
+    dsk = {(name, i, 0): Task((name, i, 0), first_row, obj) for i, obj in enumerate(medium_objects(tasks))}
+    carried = da.Array(HighLevelGraph.from_collections(name, dsk), name, chunks=((1,) * tasks, (1,)), dtype="f8")
+    return carried + 1
+
+
 def build(scenario: str, tasks: int) -> da.Array:
     """The collection for ``scenario`` with about ``tasks`` tasks before optimization."""
+    if scenario == "medium":
+        return each_its_own(tasks)
     rows = max(GROUP, tasks // 5)  # zeros, map_blocks, +1, and a sum tree of ~2 tasks a chunk
     if scenario == "distinct":
         parts = [

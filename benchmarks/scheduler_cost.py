@@ -6,7 +6,9 @@
 For each collection (``array``: ``(ones.map_blocks(f, obj) + 1).sum()`` over
 ``chunks=(1, 4)``; ``dataframe``: ``from_pandas(...).map_partitions(f, obj)``,
 persisted) and scenario (``none``: ``obj`` is a small int; ``shared``: one
-~241 KB object in every task), the expression is built and pickled as
+~241 KB object in every task; ``medium``, arrays only: ``tasks`` tasks each
+carry their own ~20 KB object, nothing repeated, see
+``dedupgraph.benchmarks.overhead``), the expression is built and pickled as
 ``Client.persist`` sends it.  Then, ``--repeat`` times and alternating the
 two modes, a freshly unpickled copy is timed through what
 ``Scheduler.update_graph`` runs in its thread: ``plain``, distributed's
@@ -14,7 +16,7 @@ two modes, a freshly unpickled copy is timed through what
 through ``dedupgraph.routes.distributed.submissions.Route`` (the config route absent: the client
 ships no pass), with the route ordering the graph where it does so on the
 scheduler.  ``gc.collect()`` before each timing.  Targets (issue 11): at
-most +5% for ``none``, +10% for ``shared``.
+most +5% for ``none`` and ``medium``, +10% for ``shared``.
 
 Times are the process's CPU time (``time.process_time``): the work is one
 thread's computation, and CPU time does not count the time other processes
@@ -49,13 +51,14 @@ import pandas as pd
 from dask.base import collections_to_expr
 from distributed.protocol import deserialize, serialize, to_serialize
 
+from .overhead import each_its_own
 from .seed import Mapper
 from dedupgraph.core.layer_hoisting import LayerHoisting
 from dedupgraph.routes.distributed.submissions import Route, Submission
 
 COLLECTIONS = ("array", "dataframe")
-SCENARIOS = ("none", "shared")
-LIMITS = {"none": 0.05, "shared": 0.10}
+SCENARIOS = ("none", "shared", "medium")
+LIMITS = {"none": 0.05, "shared": 0.10, "medium": 0.05}
 
 
 def add_obj(block: np.ndarray, obj: Any) -> np.ndarray:
@@ -68,6 +71,10 @@ def assign_obj(part: pd.DataFrame, obj: Any) -> pd.DataFrame:
 
 def build(collection: str, scenario: str, tasks: int) -> Any:
     """The collection with about ``tasks`` tasks once materialized."""
+    if scenario == "medium":
+        if collection != "array":
+            raise ValueError("the medium scenario is built for arrays only")
+        return each_its_own(tasks)
     obj: Any = Mapper() if scenario == "shared" else 1
     if collection == "array":
         # ones fused with map_blocks and +1: one task a chunk, plus the sum's tree
@@ -242,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for tasks in args.tasks:
         for collection in args.collections:
             for scenario in args.scenarios:
+                if scenario == "medium" and collection != "array":
+                    continue  # built for arrays only
                 rows.append(measure(collection, scenario, tasks, args.repeat))
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print()

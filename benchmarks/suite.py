@@ -78,7 +78,7 @@ COLLECTIONS = ("array", "delayed", "bag", "dataframe", "array-expr")
 NO_CONFIG_HOOK = ("dataframe", "array-expr")
 # Series rows for each pickled size; "tiny" (0.7 KB, never hoisted) measures what a chunk
 # costs the workers with no large object at all: the floor no mode can go below
-SIZES = {"tiny": 10, "60KB": 7_500, "250KB": 30_000, "2MB": 250_000}
+SIZES = {"tiny": 10, "8KB": 1_000, "16KB": 2_000, "32KB": 4_000, "60KB": 7_500, "250KB": 30_000, "2MB": 250_000}
 MEMORY_BUDGET = 6 * 2**30  # cells whose embedded copies would need more are skipped
 # A persist that takes longer has stalled (paused workers): the cell says so, the run goes on.
 PERSIST_TIMEOUT_S = 300
@@ -511,7 +511,7 @@ def targets_markdown(cells: Sequence[Cell], overhead_rows: Sequence[overhead.Row
         lines += [f"- {m} x {c}: {UNSUPPORTED[m, c]}" for m, c in skipped]
     if overhead_rows:
         lines += ["", "Pass overhead on the largest graph, against dask's own optimize:", ""]
-    for scenario, limit in (("none", 0.05), ("shared", 0.10)):  # issue 11's limits
+    for scenario, limit in (("none", 0.05), ("shared", 0.10), ("medium", 0.05)):  # issues 11 and 21
         rows = [r for r in overhead_rows if r.scenario == scenario]
         if rows:
             r = max(rows, key=lambda r: r.tasks)

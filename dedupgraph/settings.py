@@ -19,7 +19,7 @@ from typing import Any
 
 import dask.config
 import yaml
-from dask.utils import parse_bytes
+from dask.utils import format_bytes, parse_bytes
 
 CONFIG_KEY = "dedupgraph"
 _DEFAULTS_FILE = pathlib.Path(__file__).with_name("dedupgraph.yaml")
@@ -87,9 +87,13 @@ class Settings:
     """What the pass hoists.
 
     >>> Settings(min_bytes=1024, min_count=3)
-    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5, check_mutation=False)
+    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5, check_mutation=False, floor_bytes=4096)
 
-    ``min_bytes``: pickled size from which a repeated object is hoisted.
+    ``min_bytes``: ``None`` (``"auto"`` in config, the default): a repeated
+    object of at least ``floor_bytes`` is hoisted where what it saves pays for
+    the dependencies it adds (``dedupgraph.core.plan.pays``); a size pins
+    the rule instead: every repeated object of at least that size is hoisted.
+    ``floor_bytes``: with ``min_bytes`` auto, the smallest pickled size hoisted.
     ``min_count``: how many tasks must carry the same content.
     ``dry_run``: plan and log what would be hoisted, but leave the graph unchanged.
     ``exclude``: fully qualified type names (``"mypackage.Model"``) never hoisted.
@@ -110,7 +114,7 @@ class Settings:
     per function and process): a check to run before production.
     """
 
-    min_bytes: int = 64 * 1024
+    min_bytes: int | None = None
     min_count: int = 2
     dry_run: bool = False
     exclude: tuple[str, ...] = ()
@@ -120,9 +124,12 @@ class Settings:
     share_min_bytes: int = 2**20
     share_limit: float | int = 0.5
     check_mutation: bool = False
+    floor_bytes: int = 4 * 1024  # last: the fields before it keep their positions
 
     def __post_init__(self) -> None:
-        _check_int("min-bytes", self.min_bytes, minimum=0)
+        if self.min_bytes is not None:
+            _check_int("min-bytes", self.min_bytes, minimum=0, also="'auto'")
+        _check_int("floor-bytes", self.floor_bytes, minimum=0)
         _check_int("min-count", self.min_count, minimum=1)
         if self.hint_bytes is not None:
             _check_int("hint-bytes", self.hint_bytes, minimum=0)
@@ -140,6 +147,34 @@ class Settings:
                 "dedupgraph setting 'exclude' must be a list of fully qualified type "
                 f"names such as 'mypackage.Model', got {self.exclude!r}"
             )
+
+    @property
+    def smallest_hoisted(self) -> int:
+        """The smallest pickled size the pass may hoist: ``min_bytes`` if pinned, else ``floor_bytes``.
+
+        >>> Settings().smallest_hoisted, Settings.from_config(min_bytes="auto").smallest_hoisted, Settings(min_bytes=10).smallest_hoisted
+        (4096, 4096, 10)
+
+        Stage 1 records nothing smaller, and judges smaller text and arrays without pickling them.
+        """
+        return self.floor_bytes if self.min_bytes is None else self.min_bytes
+
+    def hoisting_rule(self) -> str:
+        """Which repeated objects these settings hoist, in the words of reports and logs.
+
+        >>> Settings().hoisting_rule()
+        'min-bytes auto (from floor-bytes 4.00 kiB, where the saving pays for the added dependencies), min-count 2'
+        >>> Settings(min_bytes=65536, min_count=3).hoisting_rule()
+        'min-bytes 64.00 kiB, min-count 3'
+        """
+        if self.min_bytes is None:
+            size = (
+                f"min-bytes auto (from floor-bytes {format_bytes(self.floor_bytes)}, "
+                "where the saving pays for the added dependencies)"
+            )
+        else:
+            size = f"min-bytes {format_bytes(self.min_bytes)}"
+        return f"{size}, min-count {self.min_count}"
 
     @classmethod
     def from_config(cls, **overrides: Any) -> Settings:
@@ -166,9 +201,13 @@ class Settings:
 
         >>> Settings(min_bytes=10, hint_bytes=None).as_config()["dedupgraph.hint-bytes"] is None
         True
+        >>> Settings().as_config()["dedupgraph.min-bytes"]
+        'auto'
         """
         return {
-            f"{CONFIG_KEY}.{field.name.replace('_', '-')}": getattr(self, field.name)
+            f"{CONFIG_KEY}.{field.name.replace('_', '-')}": (
+                "auto" if field.name == "min_bytes" and self.min_bytes is None else getattr(self, field.name)
+            )
             for field in dataclasses.fields(self)
         }
 
@@ -194,6 +233,8 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             )
         if field == "hint_bytes" and _means_off(value):
             value = None  # DASK_DEDUPGRAPH__HINT_BYTES=False switches the hint off
+        if field == "min_bytes" and _means_auto(value):
+            value = None
         if field in _BYTE_FIELDS and isinstance(value, str):
             value = _parse_byte_string(_BYTE_FIELDS[field], value)
         if field in ("dry_run", "check_mutation") and isinstance(value, str):
@@ -218,9 +259,18 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
     return out
 
 
-_BYTE_FIELDS = {"min_bytes": "min-bytes", "hint_bytes": "hint-bytes", "share_min_bytes": "share-min-bytes"}
+_BYTE_FIELDS = {
+    "min_bytes": "min-bytes",
+    "floor_bytes": "floor-bytes",
+    "hint_bytes": "hint-bytes",
+    "share_min_bytes": "share-min-bytes",
+}
 MERGE_EQUAL_CHOICES = ("immutable", "always", "never")
 SHARE_CHOICES = ("process", "host")
+
+
+def _means_auto(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() == "auto")
 
 
 def _means_off(value: Any) -> bool:
@@ -231,10 +281,11 @@ def _parse_byte_string(name: str, text: str) -> int:
     try:
         return int(parse_bytes(text))
     except (ValueError, TypeError) as e:
+        auto = " or 'auto'" if name == "min-bytes" else ""
         raise invalid_setting(
             name,
             f"dedupgraph setting {name!r} must be a number of bytes or a byte "
-            f"string like '64 KiB', got {text!r}"
+            f"string like '64 KiB'{auto}, got {text!r}"
         ) from e
 
 
@@ -298,12 +349,12 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         )
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
+def _check_int(name: str, value: object, minimum: int, also: str = "") -> None:
     # bool is an int subclass, but min-count=True is surely a mistake
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid_setting(
             name,
-            f"dedupgraph setting {name!r} must be an integer, got {value!r} "
+            f"dedupgraph setting {name!r} must be an integer{' or ' + also if also else ''}, got {value!r} "
             f"({type(value).__name__})"
         )
     if value < minimum:

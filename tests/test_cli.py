@@ -35,7 +35,7 @@ def test_info_in_a_plain_process():
     assert out.startswith(f"dedupgraph {dedupgraph.__version__}\n")
     assert f"dask {dask.__version__}, distributed {distributed.__version__}" in out
     assert "pass: off" in out and "client preload" not in out
-    assert "min-bytes   64.00 kiB (65536)" in out and "hint-bytes  10.00 MiB" in out
+    assert "min-bytes   auto" in out and "floor-bytes 4.00 kiB (4096)" in out and "hint-bytes  10.00 MiB" in out
     assert "merge-equal immutable" in out and "share       process" in out and "share-limit 50% of /dev/shm" in out
     assert "check-mutation False" in out
 
@@ -242,7 +242,7 @@ def test_info_asks_a_scheduler_whether_it_runs_the_route():
                 text, ok = scheduler_text(cluster.scheduler_address)
                 plugins = cluster.scheduler.plugins
         assert ok and text.startswith(f"scheduler {cluster.scheduler_address}: dedupgraph {dedupgraph.__version__}\n")
-        assert expected in text and "min-bytes=65536" in text
+        assert expected in text and "min-bytes=auto" in text and "floor-bytes=4096" in text
         assert "dedupgraph-hint" not in plugins  # asking changes nothing there
     text, ok = scheduler_text("tcp://127.0.0.1:1", timeout=2)
     assert not ok and text.startswith("scheduler tcp://127.0.0.1:1: cannot connect")

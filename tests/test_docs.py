@@ -97,7 +97,7 @@ def test_the_rendered_reference_names_every_key_variable_argument_and_default():
         assert f"   :default: ``{entry.yaml_text}``" in text
         if entry.argument:
             assert f"``{entry.argument}=``" in text
-    assert "DASK_DEDUPGRAPH__MIN_BYTES" in text and "``64 KiB``" in text
+    assert "DASK_DEDUPGRAPH__MIN_BYTES" in text and "``auto``" in text and "``4 KiB``" in text
 
 
 def test_the_settings_page_is_generated_not_written():
@@ -117,7 +117,7 @@ def test_the_settings_page_is_generated_not_written():
     "change, message",
     [
         (lambda t: t.replace("  min-count: 2\n", ""), "Settings.min_count has no key 'min-count'"),
-        (lambda t: t.replace("min-bytes: 64 KiB", "min-bytes: 32 KiB"), "defaults to 65536"),
+        (lambda t: t.replace("floor-bytes: 4 KiB", "floor-bytes: 8 KiB"), "defaults to 4096"),
         (lambda t: t + "  brand-new: 1\n", "dedupgraph.brand-new has no comment"),
         (lambda t: t.replace("min-count: 2", "min-count: -1"), "refused by Settings"),
     ],

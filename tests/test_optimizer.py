@@ -152,7 +152,9 @@ def test_small_objects_stay_inline_and_unpickled():
 def test_min_bytes_decides(caplog):
     m = Mapper(rows=2000)  # ~16 KB pickled
     coll = CASES["delayed-arg"](m)
-    with dedupgraph.enable():
+    with dedupgraph.enable():  # auto: carried by every chunk, it pays
+        assert len(hoisted_keys(optimized_graph(*coll))) == 1
+    with dedupgraph.enable(min_bytes="32 KiB"):  # a pinned size
         assert hoisted_keys(optimized_graph(*coll)) == []
     with dedupgraph.enable(min_bytes="8 KiB"):
         assert len(hoisted_keys(optimized_graph(*coll))) == 1

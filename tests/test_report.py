@@ -85,20 +85,28 @@ def test_reasons_for_leaving_objects_inline():
         delayed(uses_mapper)(0, Mapper(30_003)),  # single use
         [delayed(uses_mapper)(i, keep) for i in range(3)],  # excluded: marked
         [delayed(lambda i, u: i)(i, unpicklable) for i in range(4)],
-        [delayed(np.sum)(small) for small in [np.arange(2_000)] for _ in range(5)],  # 16 KB: below min-bytes
+        [delayed(np.sum)(medium) for medium in [np.arange(2_000)] for _ in range(5)],  # 16 KB, 5 tasks: pays
+        [delayed(np.max)(small) for small in [np.arange(250)] for _ in range(5)],  # 2 KB: below floor-bytes
+        [delayed(np.min)(costly) for costly in [np.arange(750)] for _ in range(2)],  # 6 KB, 2 tasks: below cost
     ]
     report = dedupgraph.inspect(*colls)
-    by_reason = {r.reason: r for r in report.rows}
+    by_reason = {r.reason: r for r in report.rows if r.label == "Mapper" or r.reason is not None}
     assert by_reason[None].label == "Mapper" and by_reason[None].tasks == 3
     assert by_reason["single use"].tasks == 1 and by_reason["single use"].saved_bytes == 0
     assert by_reason["excluded"].tasks == 3 and by_reason["excluded"].nbytes > 200_000
     assert by_reason["unpicklable"].tasks == 4 and by_reason["unpicklable"].nbytes is None
-    assert by_reason["below min-bytes"].tasks == 5 and by_reason["below min-bytes"].label == "ndarray"
-    assert report.summary.objects == 1
+    assert by_reason["below floor-bytes"].tasks == 5 and by_reason["below floor-bytes"].nbytes < 4096
+    below_cost = by_reason["saving below cost"]
+    assert below_cost.tasks == 2 and below_cost.label == "ndarray" and below_cost.saved_bytes > 0
+    assert [(r.label, r.tasks) for r in report.rows if r.hoisted] == [("Mapper", 3), ("ndarray", 5)]
+    assert report.summary.objects == 2
+    assert "min-bytes auto (from floor-bytes 4.00 kiB" in report.totals()
     # the same graph under other settings
     strict = dedupgraph.inspect(*colls, min_count=4, exclude=["payloads.Mapper"], min_bytes="8 KiB")
-    reasons = {(r.label, r.reason) for r in strict.rows}
-    assert ("Mapper", "excluded") in reasons and ("ndarray", None) in reasons
+    reasons = {(r.label, (r.nbytes or 0) > 8192, r.reason) for r in strict.rows}
+    assert ("Mapper", True, "excluded") in reasons and ("ndarray", True, None) in reasons
+    assert ("ndarray", False, "below min-bytes") in reasons  # a pinned size: no cost rule
+    assert "With min-bytes 8.00 kiB, min-count 4:" in strict.totals()
     few = [r for r in dedupgraph.inspect(*colls, min_count=4).rows if r.tasks == 3 and r.reason != "excluded"]
     assert [r.reason for r in few] == ["below min-count"]
 

@@ -20,7 +20,7 @@ from payloads import Mapper, hoisted_keys, optimized_graph, uses_mapper
 
 def _plan(graph, **settings):
     s = Settings(**settings)
-    found = find_candidates(graph, FingerprintMemo(s.min_bytes))
+    found = find_candidates(graph, FingerprintMemo(s.smallest_hoisted))
     return found, plan_hoists(found, s)
 
 

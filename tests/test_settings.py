@@ -14,9 +14,10 @@ from dedupgraph.settings import Settings
 
 
 def test_defaults_come_from_the_shipped_yaml():
-    assert dask.config.get("dedupgraph.min-bytes") == "64 KiB"
+    assert dask.config.get("dedupgraph.min-bytes") == "auto"
+    assert dask.config.get("dedupgraph.floor-bytes") == "4 KiB"
     assert dask.config.get("dedupgraph.min-count") == 2
-    assert Settings.from_config() == Settings(min_bytes=65536, min_count=2, dry_run=False, exclude=())
+    assert Settings.from_config() == Settings(min_bytes=None, floor_bytes=4096, min_count=2, dry_run=False, exclude=())
 
 
 def test_config_and_overrides():
@@ -43,7 +44,7 @@ def test_environment_variables_override_defaults():
     assert out.stdout.strip() == (
         "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=(), hint_bytes=1073741824, "
         "merge_equal='always', share='host', share_min_bytes=4194304, share_limit=0.25, "
-        "check_mutation=True)"
+        "check_mutation=True, floor_bytes=4096)"
     )
 
 

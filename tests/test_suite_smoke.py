@@ -28,4 +28,4 @@ def test_smallest_suite_writes_table_csv_and_plots(tmp_path):
         png = tmp_path / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     with (tmp_path / "overhead.csv").open() as f:
-        assert {row["scenario"] for row in csv.DictReader(f)} == {"none", "shared", "distinct"}
+        assert {row["scenario"] for row in csv.DictReader(f)} == {"none", "shared", "distinct", "medium"}

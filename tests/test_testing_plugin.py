@@ -91,8 +91,9 @@ def test_strict_fails_a_test_in_which_the_pass_failed(tmp_path: Path) -> None:
                 def broken(dsk, settings, **kwargs):
                     raise RuntimeError("boom")
                 monkeypatch.setattr(dedupgraph.routes.config, "deduplicate_graph", broken)
-                # something large: a graph with nothing large never reaches the pass
-                assert dask.compute(delayed(len)(b"x" * 100_000), scheduler="sync") == (100_000,)
+                # something large in two tasks: a graph with nothing the pass could hoist never reaches it
+                big = b"x" * 100_000
+                assert dask.compute(delayed(len)(big), delayed(len)(big), scheduler="sync") == (100_000, 100_000)
             """
         )
     )

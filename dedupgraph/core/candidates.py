@@ -20,9 +20,11 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import xxhash
 from dask._task_spec import GraphNode
 
-from dedupgraph.core.fingerprint import SMALL, Fingerprint, FingerprintMemo
+from dedupgraph.core.fingerprint import SMALL, Fingerprint, FingerprintMemo, is_obviously_small
 from dedupgraph.core.transform import SubgraphLeaves, walk_leaves
 
 Key = Hashable
@@ -95,6 +97,7 @@ def find_candidates(
     record_from_bytes: int | None = None,
     record_inline: bool = False,
     may_merge: Callable[[Any], bool] = lambda value: False,
+    min_carriers: int = 1,
 ) -> Candidates:
     """Fingerprint every leaf of every task in ``graph`` (a dict of ``GraphNode``s).
 
@@ -103,9 +106,17 @@ def find_candidates(
     the memo leaves without a fingerprint although not obviously small.
     ``may_merge``: whether an object may share a group with equal objects
     (``immutability.merge_policy``); by default each object is its own group.
+
+    ``min_carriers`` (``min-count``): an object that fewer tasks carry, and
+    that no equal object could join (see :func:`carrier_token`), can never
+    be hoisted, so it is neither pickled nor recorded: a graph whose every
+    task carries its own medium object then costs a count, not a pickle each.
     """
-    result = Candidates(memo)
     floor = memo.min_bytes if record_from_bytes is None else record_from_bytes
+    recorded = (
+        None if min_carriers <= 1 or record_inline else _leaves_worth_recording(graph, memo, floor, may_merge, min_carriers)
+    )
+    result = Candidates(memo)
     # per task: group -> (fingerprint, value, positions); each task counts once
     found: dict[str, tuple[Fingerprint, Any, set[str]]] = {}
     # per digest: how many objects of that content have their own group so far
@@ -166,7 +177,11 @@ def find_candidates(
     # fused tasks of one layer share their inner graph: walked once (see walk_leaves)
     subgraphs: SubgraphLeaves = {}
     for key, node in graph.items():
-        walk_leaves(node, record, judged, subgraphs)
+        if recorded is None:
+            walk_leaves(node, record, judged, subgraphs)
+        else:
+            for value, where in recorded.get(key, ()):
+                record(value, where)
         if not found and not found_inline:
             continue
         for group, (fp, value, where) in found.items():
@@ -185,3 +200,107 @@ def find_candidates(
         seen_in_task.clear()
     result.apart = {digest: groups for digest, groups in result.apart.items() if len(groups) > 1}
     return result
+
+
+# Bytes hashed at each end of a buffer for its token: equal buffers always get
+# equal tokens, and distinct ones of the same length almost never share their
+# ends; where they do, they are only fingerprinted, as without a token.
+_SAMPLED_BYTES = 256
+
+
+def carrier_token(value: Any, may_merge: Callable[[Any], bool]) -> int | None:
+    """What tells apart the objects that could share a group with ``value``: None if anything could.
+
+    >>> import numpy as np
+    >>> a = np.zeros(3000)
+    >>> carrier_token(a, lambda v: False) == id(a)  # may not merge: only the object itself
+    True
+    >>> carrier_token(b"x" * 9000, bool) == carrier_token(b"x" * 9000, bool)  # equal content, one token
+    True
+    >>> carrier_token([1, 2], bool) is None  # may merge, no cheap content hash: always fingerprinted
+    True
+
+    An object that may not merge can only be carried by the tasks that hold
+    it; ``bytes``, ``str`` and read-only arrays that may, only by those that
+    hold equal bytes: their length and a hash of their ends (much cheaper
+    than a pickle), equal for equal content.  Bound methods and partials
+    group by what they wrap, and anything else that may merge needs its
+    pickle: None.  Tokens are plain ints, which the garbage collector does
+    not track: tuples held for every object of a large graph would bring on
+    full collections in the work that follows.  Two objects whose tokens
+    collide are only counted together, and then fingerprinted.
+    """
+    if same_objects_signature(value) is not None:
+        return None
+    if not may_merge(value):
+        return id(value)
+    typ = type(value)
+    if typ is bytes:
+        return _ends_hash(value, len(value))
+    if typ is str:
+        return hash(value)
+    if typ is np.ndarray and value.dtype != object and value.flags.c_contiguous:
+        return _ends_hash(value.reshape(-1).view(np.uint8), hash((value.dtype.str, value.shape)) % 2**64)
+    return None
+
+
+def _ends_hash(buffer: Any, seed: int) -> int:
+    """A hash of the first and last ``_SAMPLED_BYTES`` of a contiguous buffer of bytes, and of ``seed``."""
+    if len(buffer) <= 2 * _SAMPLED_BYTES:
+        return xxhash.xxh3_64_intdigest(buffer, seed)
+    hasher = xxhash.xxh3_64(buffer[:_SAMPLED_BYTES], seed)
+    hasher.update(buffer[-_SAMPLED_BYTES:])
+    return hasher.intdigest()
+
+
+def _leaves_worth_recording(
+    graph: Mapping[Key, GraphNode],
+    memo: FingerprintMemo,
+    floor: int,
+    may_merge: Callable[[Any], bool],
+    min_carriers: int,
+) -> dict[Key, list[tuple[Any, str]]]:
+    """Per task, the leaves the recording walk would record, less those fewer than ``min_carriers`` tasks could share.
+
+    One walk, in the order of the recording walk, that counts: the leaves it
+    keeps are then recorded exactly as if the graph were walked.  What may
+    merge without a token (functions, tuples...) is fingerprinted at once, as
+    the recording walk would, so that one found small is skipped from then on.
+    """
+    leaves: dict[Key, list[tuple[Any, str]]] = {}
+    tokens: dict[int, int | None] = {}
+    counts: dict[int, int] = {}
+    small: set[int] = set()
+    subgraphs: SubgraphLeaves = {}
+    current: list[tuple[Any, str]] = []
+
+    def collect(value: Any, where: str) -> None:
+        ident = id(value)
+        if ident in tokens:
+            token = tokens[ident]
+        elif is_obviously_small(value, memo.min_bytes):
+            small.add(ident)  # the graph holds every leaf for the whole pass: ids stay unique
+            return
+        else:
+            token = carrier_token(value, may_merge)
+            if token is None:
+                fp = memo.fingerprint(value)
+                if fp is None or fp.nbytes < floor:
+                    small.add(ident)  # not recorded, as the recording walk judges it
+                    return
+            tokens[ident] = token
+        if token is not None:
+            counts[token] = counts.get(token, 0) + 1
+        current.append((value, where))
+
+    for key, node in graph.items():
+        walk_leaves(node, collect, small, subgraphs)
+        if current:
+            leaves[key] = current
+            current = []
+    for key, found in leaves.items():
+        leaves[key] = [
+            (value, where) for value, where in found
+            if (token := tokens[id(value)]) is None or counts[token] >= min_carriers
+        ]
+    return leaves

@@ -110,12 +110,12 @@ class FingerprintMemo:
 
     @classmethod
     def for_pass(cls, settings: Any) -> FingerprintMemo:
-        """The memo one pass with ``settings`` uses: its ``min_bytes`` and ``exclude``.
+        """The memo one pass with ``settings`` uses: its smallest size hoisted and ``exclude``.
 
         A route makes one per graph and hands it to every stage that reads the
         graph (prescan, layers, pass), so that each object is pickled once.
         """
-        return cls(settings.min_bytes, frozenset(settings.exclude))
+        return cls(settings.smallest_hoisted, frozenset(settings.exclude))
 
     def fingerprint(self, value: Any) -> Fingerprint | None:
         """The value's fingerprint, or None for small, excluded or unpicklable values."""

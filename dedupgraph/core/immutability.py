@@ -14,6 +14,7 @@ conservative: anything not recognised here is mutable.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -101,23 +102,33 @@ def _is_pure_function(func: types.FunctionType, depth: int) -> bool:
     return all(is_immutable(d, depth + 1) for d in defaults)
 
 
-def _is_immutable_pandas(value: Any, depth: int) -> bool:
+@functools.cache
+def _pandas_kind(typ: type) -> str | None:
+    """``"index"``, ``"frame"`` (a Series or a DataFrame) or None, per type: prescans ask it of every medium object."""
     # pandas is imported only when the value's type comes from it
-    if not type(value).__module__.startswith("pandas"):
-        return False
+    if not typ.__module__.startswith("pandas"):
+        return None
     import pandas as pd
 
-    if isinstance(value, pd.Index):
+    if issubclass(typ, pd.Index):
+        return "index"
+    return "frame" if issubclass(typ, (pd.Series, pd.DataFrame)) else None
+
+
+def _is_immutable_pandas(value: Any, depth: int) -> bool:
+    kind = _pandas_kind(type(value))
+    if kind == "index":
         return _is_immutable_index(value, depth)
-    if isinstance(value, (pd.Series, pd.DataFrame)):
-        if value.attrs:  # a dict any task can fill
-            return False
-        indexes = [value.index] + ([value.columns] if isinstance(value, pd.DataFrame) else [])
-        if not all(_is_immutable_index(index, depth) for index in indexes):
-            return False
+    if kind == "frame":
+        # the columns first: writeable ones, the common case, decide at once
         manager = getattr(value, "_mgr", None)
         arrays = getattr(manager, "arrays", None)
-        return arrays is not None and all(_is_read_only_column(a) for a in arrays)
+        if arrays is None or not all(_is_read_only_column(a) for a in arrays):
+            return False
+        if value.attrs:  # a dict any task can fill
+            return False
+        indexes = [value.index] + ([value.columns] if value.ndim == 2 else [])
+        return all(_is_immutable_index(index, depth) for index in indexes)
     return False
 
 

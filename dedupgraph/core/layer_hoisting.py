@@ -151,7 +151,7 @@ def _broadcast_arguments(graph: HighLevelGraph, settings: Settings) -> Iterator[
             for arg, index in layer.indices
             if index is None
             and not isinstance(arg, (TaskRef, GraphNode))
-            and not is_obviously_small(arg, settings.min_bytes)
+            and not is_obviously_small(arg, settings.smallest_hoisted)
         ]
         if args:
             yield name, args
@@ -166,7 +166,7 @@ def _plan(
     may merge share one).
     """
     stand_ins = {name: Task(name, tuple, *args) for name, args in carried.items()}
-    candidates = find_candidates(stand_ins, memo, record_from_bytes=settings.min_bytes, may_merge=merge_policy(settings.merge_equal))
+    candidates = find_candidates(stand_ins, memo, record_from_bytes=settings.smallest_hoisted, may_merge=merge_policy(settings.merge_equal))
     if candidates.apart or not candidates.fingerprints:
         return None  # equal copies kept apart take keys named after their first task: the pass's to name
     blocks: dict[str, list[Hashable]] = {}

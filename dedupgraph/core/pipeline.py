@@ -105,7 +105,11 @@ def planned(
     if memo is None:
         memo = FingerprintMemo.for_pass(settings)
     may_merge = merge_policy(settings.merge_equal)
-    candidates = find_candidates(graph, memo, record_from_bytes=recorded_from(settings), may_merge=may_merge)
+    # at DEBUG stage 2 names the equal copies it keeps apart, single-use ones included
+    carriers = 1 if logger.isEnabledFor(logging.DEBUG) else settings.min_count
+    candidates = find_candidates(
+        graph, memo, record_from_bytes=recorded_from(settings), may_merge=may_merge, min_carriers=carriers
+    )
     plan = plan_hoists(candidates, settings)
     announce(plan, settings, source)
     return candidates, plan
@@ -120,14 +124,15 @@ def announce(plan: Plan, settings: Settings, source: str = "") -> None:
 
 
 def recorded_from(settings: Settings) -> int:
-    """The smallest content stage 1 records: ``min_bytes``, or less when DEBUG logs want it.
+    """The smallest content stage 1 records: the smallest size hoisted, or less when logs want it.
 
-    At DEBUG, stage 2 names every notable content it leaves inline, the ones
-    below ``min_bytes`` included; otherwise recording them would be wasted work.
+    At DEBUG, and in a dry run at INFO, stage 2 names the notable contents it
+    leaves inline, the smaller ones included; otherwise recording them would
+    be wasted work.
     """
-    if logger.isEnabledFor(logging.DEBUG):
-        return min(NOTABLE_BYTES, settings.min_bytes)
-    return settings.min_bytes
+    if logger.isEnabledFor(logging.DEBUG) or (settings.dry_run and logger.isEnabledFor(logging.INFO)):
+        return min(NOTABLE_BYTES, settings.smallest_hoisted)
+    return settings.smallest_hoisted
 
 
 # Below this many tasks the cyclic garbage collector costs the pass nothing worth avoiding.

@@ -5,8 +5,11 @@
 'dedup-Mapper-00000000000000000000000000000000'
 >>> hoisted_key(Fingerprint("0" * 32, 250_000, "ndarray"), apart=("fill-1", 0))
 'dedup-ndarray-00000000000000000000000000000000-52179d66'
->>> why_inline(250_000, 1, Settings()), why_inline(1_000, 50, Settings()), why_inline(250_000, 50, Settings())
-('single use', 'below min-bytes', None)
+>>> auto = Settings()  # min-bytes auto: the cost rule, above floor-bytes
+>>> why_inline(250_000, 1, auto), why_inline(1_000, 50, auto), why_inline(5_000, 2, auto), why_inline(250_000, 50, auto)
+('single use', 'below floor-bytes', 'saving below cost', None)
+>>> why_inline(5_000, 2, Settings(min_bytes=4096)), why_inline(1_000, 50, Settings(min_bytes=4096))  # a pinned size
+(None, 'below min-bytes')
 """
 
 from __future__ import annotations
@@ -26,9 +29,22 @@ from dedupgraph.settings import Settings
 logger = logging.getLogger("dedupgraph")
 
 # Why a content stays inline, besides stage 1's EXCLUDED and UNPICKLABLE.
-BELOW_MIN_BYTES = "below min-bytes"
+BELOW_MIN_BYTES = "below min-bytes"  # smaller than a pinned min-bytes
+BELOW_FLOOR = "below floor-bytes"  # min-bytes auto: smaller than floor-bytes
+SAVING_BELOW_COST = "saving below cost"  # min-bytes auto: the added dependencies would cost more than it saves
 SINGLE_USE = "single use"
 BELOW_MIN_COUNT = "below min-count"  # carried by more than one task, but fewer than min-count
+
+# What hoisting adds, in memory of the scheduler and the workers together: one
+# more dependency for each carrying task, and one more key.  Measured over a
+# grid of object sizes and task counts on a LocalCluster (docs/benchmarks.rst,
+# "Where hoisting pays", with the command).
+DEPENDENCY_BYTES = 1024
+KEY_BYTES = 16 * 1024
+# "Clearly exceeds": the saving must be this many times the cost, so that a
+# content near the break-even, where the measurement cannot tell the two
+# apart, stays as plain dask has it.
+PAYS_FACTOR = 2
 
 # Contents pickled smaller than this are neither reported nor logged one by
 # one: they are mostly functions pickled by reference and small arguments,
@@ -36,12 +52,39 @@ BELOW_MIN_COUNT = "below min-count"  # carried by more than one task, but fewer 
 NOTABLE_BYTES = 1024
 
 
+def hoisting_cost(ntasks: int) -> int:
+    """Bytes of scheduler and worker memory that hoisting a content out of ``ntasks`` tasks adds.
+
+    >>> hoisting_cost(1000) == 1000 * DEPENDENCY_BYTES + KEY_BYTES
+    True
+    """
+    return ntasks * DEPENDENCY_BYTES + KEY_BYTES
+
+
+def pays(nbytes: int, ntasks: int) -> bool:
+    """Whether hoisting a content of ``nbytes`` out of ``ntasks`` tasks clearly saves more than it costs.
+
+    >>> pays(8_000, 4000), pays(8_000, 2), pays(64_000, 2)
+    (True, False, True)
+
+    It saves every copy but one (``nbytes * (ntasks - 1)``); it costs
+    :func:`hoisting_cost`.  For many tasks the rule tends to ``nbytes`` above
+    ``PAYS_FACTOR * DEPENDENCY_BYTES``; for few, the new key's cost dominates.
+    """
+    return nbytes * (ntasks - 1) >= PAYS_FACTOR * hoisting_cost(ntasks)
+
+
 def why_inline(nbytes: int, ntasks: int, settings: Settings) -> str | None:
     """Why a content of ``nbytes`` carried by ``ntasks`` tasks stays inline; None: it is hoisted."""
-    if nbytes < settings.min_bytes:
+    if settings.min_bytes is not None and nbytes < settings.min_bytes:
         return BELOW_MIN_BYTES
+    if settings.min_bytes is None and nbytes < settings.floor_bytes:
+        return BELOW_FLOOR
     if ntasks < settings.min_count:
         return SINGLE_USE if ntasks == 1 else BELOW_MIN_COUNT
+    # a single use saves nothing to weigh: with min-count 1 it is hoisted as asked
+    if settings.min_bytes is None and ntasks > 1 and not pays(nbytes, ntasks):
+        return SAVING_BELOW_COST
     return None
 
 
@@ -155,7 +198,7 @@ def group_key(candidates: Candidates, group: str) -> str:
 
 
 def plan_hoists(candidates: Candidates, settings: Settings, excluded: Container[str] = ()) -> Plan:
-    """Hoist every content of at least ``min_bytes`` carried by at least ``min_count`` tasks.
+    """Hoist every content that :func:`why_inline` does not keep inline.
 
     ``excluded``: groups to leave inline whatever their size (stage 1 leaves
     excluded objects unfingerprinted; a report fingerprints them to show them).
@@ -167,15 +210,18 @@ def plan_hoists(candidates: Candidates, settings: Settings, excluded: Container[
         if reason is None:
             hoists[group] = Hoist(group_key(candidates, group), fp, tuple(tasks), candidates.values[group])
         elif fp.nbytes >= NOTABLE_BYTES:
-            logger.debug(
-                "left %s (%s) inline: %s (carried by %d task%s; min-bytes %s, min-count %d)",
+            # a dry run says why a repeated content stays inline, as a report does
+            level = logging.INFO if settings.dry_run and len(tasks) > 1 else logging.DEBUG
+            logger.log(
+                level,
+                "%sleft %s (%s) inline: %s (carried by %d task%s; %s)",
+                "dry run: " if settings.dry_run else "",
                 fp.label,
                 format_bytes(fp.nbytes),
                 reason,
                 len(tasks),
                 "" if len(tasks) == 1 else "s",
-                format_bytes(settings.min_bytes),
-                settings.min_count,
+                settings.hoisting_rule(),
             )
     apart = tuple(_kept_apart(candidates, hoists, settings))
     for kept in apart:

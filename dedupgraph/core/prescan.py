@@ -17,7 +17,8 @@ its literal arguments for all of its blocks; a ``MaterializedLayer`` holds
 its tasks.  Reading those is much cheaper than walking the materialized
 graph, where a fused blockwise task repeats its template for every block
 (docs/benchmarks.rst, "Measurements behind the code").  If
-nothing there is as large as ``min-bytes``, the pass would hoist nothing:
+nothing there is as large as the smallest size the pass hoists, or what is
+could not be carried by ``min-count`` tasks, the pass would hoist nothing:
 the route skips it.
 
 Only a gate: where the layers do hold something large, the pass walks the
@@ -34,12 +35,14 @@ never new large values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Any
 
 from dask._task_spec import DataNode, GraphNode, Task
 
+from dedupgraph.core.candidates import carrier_token
 from dedupgraph.core.fingerprint import FingerprintMemo, is_obviously_small
+from dedupgraph.core.immutability import merge_policy
 from dedupgraph.core.optimizers import is_dask_optimizer
 from dedupgraph.settings import Settings
 from dedupgraph.core.transform import SMALL_CONTAINER_LEN, walk_leaves
@@ -49,17 +52,17 @@ _SMALL_BLOCKWISE_DEPS = frozenset({"ArrayChunkShapeDep", "ArraySliceDep", "Array
 
 
 class _Large(Exception):
-    """Something as large as ``min-bytes``, or not known to be small: the pass must look."""
+    """Something the pass could hoist, or not known not to be: the pass must look."""
 
 
 def nothing_large(expr: Any, settings: Settings, memo: FingerprintMemo | None = None) -> bool:
-    """True only if materializing ``expr`` gives tasks that carry nothing of ``min-bytes`` or more."""
+    """True only if materializing ``expr`` gives tasks that carry nothing the pass could hoist."""
     try:
         from dask._expr import HLGExpr, _HLGExprSequence
         from dask.highlevelgraph import HighLevelGraph
     except ImportError:  # another dask: no shortcut
         return False
-    leaf = _leaf_check(settings, memo)
+    leaf = _Leaves(settings, memo)
     read = 0  # legacy graphs read: an expression without any is not one of them
     try:
         for node in expressions(expr):
@@ -89,28 +92,60 @@ def layers_hold_nothing_large(graph: Any, settings: Settings, memo: FingerprintM
     True
     """
     try:
-        _layers(graph, _leaf_check(settings, memo))
+        _layers(graph, _Leaves(settings, memo))
     except _Large:
         return False
     return True
 
 
-def _leaf_check(settings: Settings, memo: FingerprintMemo | None = None) -> Any:
-    # the pass, given the same memo, pickles nothing twice
-    if memo is None:
-        memo = FingerprintMemo.for_pass(settings)
+class _Leaves:
+    """The check on each leaf of one graph's layers: raises ``_Large`` at the first the pass could hoist.
 
-    def leaf(value: Any, where: str = "") -> None:
-        if is_obviously_small(value, settings.min_bytes):
+    ``counted`` leaves are those of one task (a ``MaterializedLayer`` entry, one
+    block's own value): such a leaf is not pickled until as many tasks as
+    ``min-count`` could carry it (see ``candidates.carrier_token``), so that a
+    graph whose every task carries its own medium object is read, not pickled.
+    Other leaves (a ``Blockwise`` template or broadcast argument, which every
+    block carries) are judged by size alone.
+    """
+
+    def __init__(self, settings: Settings, memo: FingerprintMemo | None = None) -> None:
+        # the pass, given the same memo, pickles nothing twice
+        self.memo = FingerprintMemo.for_pass(settings) if memo is None else memo
+        self.smallest = settings.smallest_hoisted
+        self.min_count = settings.min_count
+        self.may_merge = merge_policy(settings.merge_equal)
+        self.counts: dict[int, int] = {}
+        self.tokens: dict[int, int | None] = {}  # by identity: functions recur in every task
+        self.small: set[int] = set()  # identities judged not large, skipped from then on
+
+    def __call__(self, value: Any, where: str = "") -> None:
+        if is_obviously_small(value, self.smallest):
             return
-        fp = memo.fingerprint(value)  # None: excluded or unpicklable, inline anyway
-        if fp is not None and fp.nbytes >= settings.min_bytes:
+        fp = self.memo.fingerprint(value)  # None: excluded or unpicklable, inline anyway
+        if fp is not None and fp.nbytes >= self.smallest:
             raise _Large
 
-    return leaf
+    def counted(self, value: Any, where: str = "") -> None:
+        ident = id(value)
+        if ident in self.small:
+            return
+        if ident in self.tokens:
+            token = self.tokens[ident]
+        elif is_obviously_small(value, self.smallest):
+            self.small.add(ident)  # the graph holds every leaf for the whole scan: ids stay unique
+            return
+        else:
+            token = self.tokens[ident] = carrier_token(value, self.may_merge)
+        if token is not None:
+            count = self.counts[token] = self.counts.get(token, 0) + 1
+            if count < self.min_count:
+                return
+        self(value)
+        self.small.add(ident)  # not large, or it would have raised
 
 
-def _layers(graph: Any, leaf: Any) -> None:
+def _layers(graph: Any, leaf: _Leaves) -> None:
     from dask.blockwise import Blockwise
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
@@ -121,7 +156,7 @@ def _layers(graph: Any, leaf: Any) -> None:
             _blockwise(layer, leaf)
         elif type(layer) is MaterializedLayer:
             for task in layer.mapping.values():
-                _top_level(task, leaf)
+                _top_level(task, leaf.counted, leaf.small)
         else:
             raise _Large  # a layer type not known here
 
@@ -146,7 +181,7 @@ def expressions(expr: Any) -> Iterator[Any]:
         stack.extend(op for op in node.operands if isinstance(op, Expr))
 
 
-def _blockwise(layer: Any, leaf: Any) -> None:
+def _blockwise(layer: Any, leaf: _Leaves) -> None:
     """The template task, the literal arguments and the per-block dependencies of one layer."""
     from dask._task_spec import GraphNode, TaskRef
 
@@ -156,16 +191,16 @@ def _blockwise(layer: Any, leaf: Any) -> None:
             _values((arg,), leaf)
     for dep in layer.io_deps.values():
         kind = type(dep).__name__
-        if kind == "BlockwiseDepDict":
-            _values(dep.mapping.values(), leaf)
+        if kind == "BlockwiseDepDict":  # one value per block
+            _values(dep.mapping.values(), leaf.counted)
         elif kind not in _SMALL_BLOCKWISE_DEPS:
             raise _Large  # not known to be small: let the pass look
 
 
-def _top_level(task: Any, leaf: Any) -> None:
+def _top_level(task: Any, leaf: Any, skip: Container[int] = frozenset()) -> None:
     """A graph entry: a ``Task``'s leaves, a legacy ``(func, *args)`` tuple's; data entries are keys already."""
     if isinstance(task, Task):
-        walk_leaves(task, leaf)
+        walk_leaves(task, leaf, skip)
     elif isinstance(task, tuple) and task and callable(task[0]):
         _values(task, leaf)
     elif isinstance(task, (list, dict, set)):  # containers become container tasks

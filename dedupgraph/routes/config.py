@@ -42,7 +42,7 @@ class Deduplicator:
     >>> from dask.array.optimization import optimize
     >>> opt = Deduplicator(base=optimize, min_bytes="1 MiB")
     >>> opt
-    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5, check_mutation=False)
+    Deduplicator(base=optimize, min_bytes=1048576, min_count=2, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5, check_mutation=False, floor_bytes=4096)
     >>> with dask.config.set(array_optimize=opt):
     ...     pass
 
@@ -161,8 +161,8 @@ def _nothing_large_before(base: Optimizer | None, dsk: Mapping[Hashable, Any], s
     any doubt (another optimizer, a plain dict, a layer type not known
     there, an error) answers False and the pass walks as usual.
     """
-    if not isinstance(dsk, HighLevelGraph) or logger.isEnabledFor(logging.DEBUG):
-        return False  # at DEBUG the pass names the notable values it leaves inline: it must see them
+    if not isinstance(dsk, HighLevelGraph) or logger.isEnabledFor(logging.DEBUG) or settings.dry_run:
+        return False  # at DEBUG and in a dry run the pass names the values it leaves inline: it must see them
     try:
         from dedupgraph.core.prescan import layers_hold_nothing_large
 

@@ -237,7 +237,8 @@ def info_text() -> str:
         return "\n".join(lines)
     lines += [
         "settings (dask config dedupgraph.*, DASK_DEDUPGRAPH__* variables):",
-        f"  min-bytes   {format_bytes(settings.min_bytes)} ({settings.min_bytes})",
+        f"  min-bytes   {'auto' if settings.min_bytes is None else f'{format_bytes(settings.min_bytes)} ({settings.min_bytes})'}",
+        f"  floor-bytes {format_bytes(settings.floor_bytes)} ({settings.floor_bytes})",
         f"  min-count   {settings.min_count}",
         f"  dry-run     {settings.dry_run}",
         f"  exclude     {', '.join(settings.exclude) or '(none)'}",
@@ -320,7 +321,7 @@ def mutation_text(changed: list[Mutation]) -> str:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True, help="Folder for the table, CSVs and plots.")
 @click.option("--modes", multiple=True, type=click.Choice(["plain", "dedup-config", "scheduler", "deduplicate", "deduplicate-broadcast", "scatter-broadcast", "delayed-create"]), help="Only these (repeatable).")
 @click.option("--collections", multiple=True, type=click.Choice(["array", "delayed", "bag", "dataframe", "array-expr"]), help="Only these (repeatable).")
-@click.option("--sizes", multiple=True, type=click.Choice(["tiny", "60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable); tiny: the floor, a chunk with nothing large.")
+@click.option("--sizes", multiple=True, type=click.Choice(["tiny", "8KB", "16KB", "32KB", "60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable); tiny: the floor, a chunk with nothing large.")
 @click.option("--chunks", multiple=True, type=click.IntRange(min=1), help="Chunk counts instead of the plan's (repeatable).")
 @click.option("--no-overhead", is_flag=True, help="Skip the second part, the pass's time against dask's optimize.")
 @click.option("--no-host-memory", is_flag=True, help='Skip the last part, one copy per host (share="host").')

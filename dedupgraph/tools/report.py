@@ -7,11 +7,15 @@
 object  size        tasks  where                saves       hoisted
 bytes   100.01 kiB      3  positional argument  200.02 kiB  yes
 1 object listed, carried by 3 of 3 tasks; 200.02 kiB of task payload duplicated.
-With min-bytes 64.00 kiB, min-count 2: would hoist 1 object (100.01 kiB, bytes) shared by 3 tasks; 200.02 kiB of task payload would be saved.
+With min-bytes auto (from floor-bytes 4.00 kiB, where the saving pays for the added dependencies), min-count 2: would hoist 1 object (100.01 kiB, bytes) shared by 3 tasks; 200.02 kiB of task payload would be saved.
 
 In Jupyter the report renders as an HTML table; ``report.to_pandas()`` has
 one row per content with every column.  Rows list each content of at least
-``min-bytes``, and each smaller one (from 1 KiB) that several tasks carry.
+the smallest size hoisted (``floor-bytes``, or a pinned ``min-bytes``), and
+each smaller one (from 1 KiB) that several tasks carry.  A row not hoisted
+says why: below that size, saving below cost (what it would save does not
+clearly pay for the dependencies it would add), single use, below
+``min-count``, excluded, unpicklable.
 An object carried by tasks of DataFrames or array-expr arrays is marked
 ``yes*``: no optimizer hook reaches those, so ``enable()`` alone leaves them
 as they are; the scheduler route (distributed) or ``dedupgraph.deduplicate()``
@@ -51,7 +55,7 @@ class Row:
     where: tuple[str, ...]  #: where in those tasks it sits
     saved_bytes: int | None  #: task payload hoisting it saves: every copy but one
     hoisted: bool  #: whether the settings hoist it
-    reason: str | None  #: why not: below min-bytes, single use, below min-count, unpicklable, excluded
+    reason: str | None  #: why not: below min-bytes or floor-bytes, saving below cost, single use, below min-count, unpicklable, excluded
     key: str | None  #: the key it gets when hoisted
     copies: int = 1  #: distinct objects with this content that ``merge-equal`` keeps apart (one row each)
     #: the route it takes to hoist it, where ``enable()`` alone does not: the tasks of
@@ -83,7 +87,7 @@ class Report:
         """The lines under the table."""
         s = self.settings
         verdict = self.summary.message(would=True) if self.summary.objects else "would hoist nothing"
-        settings = f"With min-bytes {format_bytes(s.min_bytes)}, min-count {s.min_count}: {verdict}."
+        settings = f"With {s.hoisting_rule()}: {verdict}."
         settings += "".join(f"\nAlso {kept.message(s.merge_equal)}." for kept in self.apart)
         if any(r.hoisted and r.needs for r in self.rows):
             settings += (
@@ -205,7 +209,7 @@ def graph_report(
     from dedupgraph.core.immutability import merge_policy
     from dedupgraph.core.plan import NOTABLE_BYTES, plan_hoists
 
-    floor = min(NOTABLE_BYTES, settings.min_bytes)
+    floor = min(NOTABLE_BYTES, settings.smallest_hoisted)
     # exclusions are judged per content below, so that their size shows
     memo = FingerprintMemo(floor, frozenset(settings.exclude), judge_exclusions=False)
     may_merge = merge_policy(settings.merge_equal)
@@ -225,7 +229,7 @@ def _shown_groups(found: Candidates, settings: Settings) -> list[str]:
     return [
         g
         for g, fp in found.fingerprints.items()
-        if fp.nbytes >= settings.min_bytes or len(found.keys[g]) > 1
+        if fp.nbytes >= settings.smallest_hoisted or len(found.keys[g]) > 1
     ]
 
 

@@ -314,7 +314,8 @@ class _Plugin:
         self._session.__exit__(None, None, None)
 
     def settings_line(self) -> str:
-        return f"dedupgraph: pass forced on, min-bytes={self.settings.min_bytes}, min-count={self.settings.min_count}" + (
+        size = "auto" if self.settings.min_bytes is None else self.settings.min_bytes
+        return f"dedupgraph: pass forced on, min-bytes={size}, min-count={self.settings.min_count}" + (
             ", strict" if self.strict else ""
         )
 
@@ -327,7 +328,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--dedupgraph-min-bytes",
         default=None,
-        help="min-bytes of the pass for this run: an int or a byte string ('64 KiB'); default: dask config",
+        help="min-bytes of the pass for this run: an int, a byte string ('64 KiB') or 'auto'; default: dask config",
     )
     group.addoption(
         "--dedupgraph-min-count",

@@ -20,9 +20,9 @@ record holds the number of tasks and one entry per hoisted object.
 The outcome of a graph, and its cause:
 
 - ``deduplicated``: at least one object hoisted (cause empty);
-- ``unchanged``: ``nothing large`` (the layers showed nothing as large as
-  ``min-bytes``), ``nothing to hoist`` (nothing large was carried by
-  ``min-count`` tasks), ``dry run``, or ``materialization raised``
+- ``unchanged``: ``nothing large`` (the layers showed nothing the pass
+  could hoist), ``nothing to hoist`` (nothing large was both carried by
+  ``min-count`` tasks and worth hoisting), ``dry run``, or ``materialization raised``
   (distributed's own materialization raised, as it would without dedupgraph);
 - ``failed``: the route failed and the graph runs as plain dask's, with one
   WARNING in the scheduler's log: ``submission`` (the message could not be

@@ -249,10 +249,17 @@ class Route:
                 self._recent.move_to_end(key)
             while len(self._recent) > RECENT_KEYS:
                 self._recent.popitem(last=False)
-        if any(submission.live(key) or seen[key] + 1 >= settings.min_count for key in keys):
+        if any(submission.live(key) or _pays_across(nbytes, seen[key] + 1, settings) for key, nbytes in keys.items()):
             out, plan = deduplicate_with_plan(dsk, dataclasses.replace(settings, min_count=1), place=in_graph(settings))
             return _as_dict(out), plan
         return dsk, Plan({})
+
+
+def _pays_across(nbytes: int, graphs: int, settings: Settings) -> bool:
+    """Whether a content that ``graphs`` one-task graphs carried is worth a key, as the pass would judge ``graphs`` tasks."""
+    from dedupgraph.core.plan import why_inline
+
+    return graphs >= 2 and why_inline(nbytes, graphs, settings) is None
 
 
 #: what the route hands each graph's record to
@@ -351,18 +358,18 @@ def _report_failure(error: Exception) -> None:
     logger.log(level, "dedupgraph scheduler route failed; graph left unchanged: %s", error, exc_info=True)
 
 
-def content_keys(node: Any, settings: Settings) -> set[str]:
-    """The hoisted keys the pass would give the large contents that one task carries."""
+def content_keys(node: Any, settings: Settings) -> dict[str, int]:
+    """The hoisted keys the pass would give the large contents that one task carries, and their sizes."""
     from dedupgraph.core.plan import hoisted_key
     from dedupgraph.core.transform import walk_leaves
 
     memo = FingerprintMemo.for_pass(settings)
-    keys: set[str] = set()
+    keys: dict[str, int] = {}
 
     def record(value: Any, where: str) -> None:
         fp = memo.fingerprint(value)
-        if fp is not None and fp.nbytes >= settings.min_bytes:
-            keys.add(hoisted_key(fp))
+        if fp is not None and fp.nbytes >= settings.smallest_hoisted:
+            keys[hoisted_key(fp)] = fp.nbytes
 
     walk_leaves(node, record)
     return keys
