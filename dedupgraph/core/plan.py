@@ -36,9 +36,9 @@ SINGLE_USE = "single use"
 BELOW_MIN_COUNT = "below min-count"  # carried by more than one task, but fewer than min-count
 
 # What hoisting adds, in memory of the scheduler and the workers together: one
-# more dependency for each carrying task, and one more key.  Measured over a
-# grid of object sizes and task counts on a LocalCluster (docs/benchmarks.rst,
-# "Where hoisting pays", with the command).
+# more dependency for each carrying task, and one more key.  The first is
+# bounded by measurement, the second chosen, as docs/benchmarks.rst ("Where
+# hoisting pays", with the commands) says.
 DEPENDENCY_BYTES = 1024
 KEY_BYTES = 16 * 1024
 # "Clearly exceeds": the saving must be this many times the cost, so that a
