@@ -253,6 +253,47 @@ def _ends_hash(buffer: Any, seed: int) -> int:
     return hasher.intdigest()
 
 
+class CarrierCounts:
+    """How many tasks of one graph could carry each leaf seen so far, by :func:`carrier_token`.
+
+    >>> counts = CarrierCounts(FingerprintMemo(min_bytes=1024), may_merge=lambda value: False)
+    >>> table = list(range(1_000))
+    >>> counts.add(table), counts.add(table), counts.add(3), counts.of(table)
+    (1, 2, 0, 2)
+
+    One per walk over one graph (the graph holds every leaf for the whole
+    walk, so identities stay unique).  ``skip``: identities a walk need not
+    visit again, obviously small ones and those the caller judged.
+    """
+
+    def __init__(self, memo: FingerprintMemo, may_merge: Callable[[Any], bool]) -> None:
+        self.memo = memo
+        self.may_merge = may_merge
+        self.tokens: dict[int, int | None] = {}  # by identity: functions recur in every task
+        self.counts: dict[int, int] = {}
+        self.skip: set[int] = set()
+
+    def add(self, value: Any) -> int | None:
+        """Count ``value`` once more: its count so far; 0 if obviously small (then skipped); None if it has no token."""
+        ident = id(value)
+        if ident in self.tokens:
+            token = self.tokens[ident]
+        elif is_obviously_small(value, self.memo.min_bytes):
+            self.skip.add(ident)
+            return 0
+        else:
+            token = self.tokens[ident] = carrier_token(value, self.may_merge)
+        if token is None:
+            return None
+        count = self.counts[token] = self.counts.get(token, 0) + 1
+        return count
+
+    def of(self, value: Any) -> int | None:
+        """The count of a value counted before; None if it has no token."""
+        token = self.tokens[id(value)]
+        return None if token is None else self.counts[token]
+
+
 def _leaves_worth_recording(
     graph: Mapping[Key, GraphNode],
     memo: FingerprintMemo,
@@ -268,39 +309,29 @@ def _leaves_worth_recording(
     the recording walk would, so that one found small is skipped from then on.
     """
     leaves: dict[Key, list[tuple[Any, str]]] = {}
-    tokens: dict[int, int | None] = {}
-    counts: dict[int, int] = {}
-    small: set[int] = set()
+    carriers = CarrierCounts(memo, may_merge)
     subgraphs: SubgraphLeaves = {}
     current: list[tuple[Any, str]] = []
 
     def collect(value: Any, where: str) -> None:
-        ident = id(value)
-        if ident in tokens:
-            token = tokens[ident]
-        elif is_obviously_small(value, memo.min_bytes):
-            small.add(ident)  # the graph holds every leaf for the whole pass: ids stay unique
+        first = id(value) not in carriers.tokens
+        count = carriers.add(value)
+        if count == 0:
             return
-        else:
-            token = carrier_token(value, may_merge)
-            if token is None:
-                fp = memo.fingerprint(value)
-                if fp is None or fp.nbytes < floor:
-                    small.add(ident)  # not recorded, as the recording walk judges it
-                    return
-            tokens[ident] = token
-        if token is not None:
-            counts[token] = counts.get(token, 0) + 1
+        if count is None and first:
+            fp = memo.fingerprint(value)
+            if fp is None or fp.nbytes < floor:
+                carriers.skip.add(id(value))  # not recorded, as the recording walk judges it
+                return
         current.append((value, where))
 
     for key, node in graph.items():
-        walk_leaves(node, collect, small, subgraphs)
+        walk_leaves(node, collect, carriers.skip, subgraphs)
         if current:
             leaves[key] = current
             current = []
     for key, found in leaves.items():
         leaves[key] = [
-            (value, where) for value, where in found
-            if (token := tokens[id(value)]) is None or counts[token] >= min_carriers
+            (value, where) for value, where in found if (count := carriers.of(value)) is None or count >= min_carriers
         ]
     return leaves

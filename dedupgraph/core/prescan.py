@@ -40,7 +40,7 @@ from typing import Any
 
 from dask._task_spec import DataNode, GraphNode, Task
 
-from dedupgraph.core.candidates import carrier_token
+from dedupgraph.core.candidates import CarrierCounts
 from dedupgraph.core.fingerprint import FingerprintMemo, is_obviously_small
 from dedupgraph.core.immutability import merge_policy
 from dedupgraph.core.optimizers import is_dask_optimizer
@@ -114,10 +114,7 @@ class _Leaves:
         self.memo = FingerprintMemo.for_pass(settings) if memo is None else memo
         self.smallest = settings.smallest_hoisted
         self.min_count = settings.min_count
-        self.may_merge = merge_policy(settings.merge_equal)
-        self.counts: dict[int, int] = {}
-        self.tokens: dict[int, int | None] = {}  # by identity: functions recur in every task
-        self.small: set[int] = set()  # identities judged not large, skipped from then on
+        self.carriers = CarrierCounts(self.memo, merge_policy(settings.merge_equal))
 
     def __call__(self, value: Any, where: str = "") -> None:
         if is_obviously_small(value, self.smallest):
@@ -127,22 +124,13 @@ class _Leaves:
             raise _Large
 
     def counted(self, value: Any, where: str = "") -> None:
-        ident = id(value)
-        if ident in self.small:
+        if id(value) in self.carriers.skip:
             return
-        if ident in self.tokens:
-            token = self.tokens[ident]
-        elif is_obviously_small(value, self.smallest):
-            self.small.add(ident)  # the graph holds every leaf for the whole scan: ids stay unique
+        count = self.carriers.add(value)
+        if count == 0 or (count is not None and count < self.min_count):
             return
-        else:
-            token = self.tokens[ident] = carrier_token(value, self.may_merge)
-        if token is not None:
-            count = self.counts[token] = self.counts.get(token, 0) + 1
-            if count < self.min_count:
-                return
         self(value)
-        self.small.add(ident)  # not large, or it would have raised
+        self.carriers.skip.add(id(value))  # not large, or it would have raised
 
 
 def _layers(graph: Any, leaf: _Leaves) -> None:
@@ -156,7 +144,7 @@ def _layers(graph: Any, leaf: _Leaves) -> None:
             _blockwise(layer, leaf)
         elif type(layer) is MaterializedLayer:
             for task in layer.mapping.values():
-                _top_level(task, leaf.counted, leaf.small)
+                _top_level(task, leaf.counted, leaf.carriers.skip)
         else:
             raise _Large  # a layer type not known here
 
