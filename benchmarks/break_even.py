@@ -3,6 +3,7 @@
     python -m dedupgraph.benchmarks.break_even                      # the grid below, once each
     python -m dedupgraph.benchmarks.break_even --sizes 1000 16000 --tasks 100 1000 --output grid.csv
     python -m dedupgraph.benchmarks.break_even --no-grid --dependency-tasks 1000 4000
+    python -m dedupgraph.benchmarks.break_even --no-grid --bag-chunks 1000 4000 --rounds 2 --bag-specs
 
 An object of ``--sizes`` bytes (random ``bytes``: nothing to compress, nothing
 shared by accident) is passed to ``map_blocks`` over ``--tasks`` chunks of one
@@ -31,27 +32,51 @@ where RSS is too coarse for a few hundred bytes a task), ``--rounds`` times
 each, interleaved; medians of the memory traced after the persist, less
 before, and of the persist's wall time (slowed by ``tracemalloc``: compare the
 two, not with other tables).
+
+``--bag-chunks``: what a bag partition costs the workers in dask's fused
+shape.  ``Bag.map(f, obj)`` with a plain value is fused by dask's bag
+optimizer with ``from_sequence`` into one task per partition, plus an alias
+under the map's key; with a future (``client.scatter``) or a ``Delayed``
+argument it is not fused.  The pass keeps dask's keys, hence the fused
+shape, and on a worker the fused task's spec (its inner graph) stays as long
+as its alias is in memory, as the alias's released dependency.  Memory growth
+per extra chunk (``MemorySampler``, a fresh LocalCluster of 2 worker
+processes per mode and round, the order of the modes alternating) of
+``fused``: plain dask, the argument a small int; ``unfused``: that int,
+scattered; ``dedup``: a ``Mapper`` of ``--bag-object-kb`` with
+``dedupgraph.enable()``; ``scatter``: that ``Mapper`` scattered with
+``broadcast=True``.  ``--bag-specs`` adds, per mode, the bytes per chunk of
+unpickled task specs a single worker still holds after the persist
+(``tracemalloc`` inside the worker process: what was allocated under
+distributed's ``pickle.loads``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import logging
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
+import dask.bag as db
 import numpy as np
 from distributed import Client, LocalCluster, wait
+from distributed.diagnostics import MemorySampler
 
 import dedupgraph
+
+from .seed import Mapper, local_cluster
 
 SIZES = (1_000, 4_000, 16_000, 64_000, 256_000, 1_000_000)
 TASKS = (100, 1_000, 10_000, 100_000)
@@ -251,6 +276,100 @@ def plot(cells: Sequence[Cell], path: Path) -> Path:
     return path
 
 
+# --- the fused bag shape (--bag-chunks) ---------------------------------------
+
+
+BAG_MODES = ("fused", "unfused", "dedup", "scatter")
+ROWS_PER_KB = 125  # a Mapper of n rows pickles to about 8n bytes
+
+
+def bag_item(x: int, arg: Any) -> int:
+    return x + (arg if isinstance(arg, int) else len(arg.s)) % 7
+
+
+def _bag_argument(mode: str, mapper: Mapper, client: Client) -> Any:
+    arg: Any = 7 if mode in ("fused", "unfused") else mapper
+    # one future for the whole run: scattering again would give the same key, which
+    # the earlier future's release could take away from a persist under way
+    return client.scatter(arg, broadcast=True) if mode in ("unfused", "scatter") else arg
+
+
+def _bag_persist(mode: str, start: int, count: int, arg: Any, client: Client) -> Any:
+    bag = db.from_sequence(range(start, start + count), npartitions=count).map(bag_item, arg)
+    with dedupgraph.enable() if mode == "dedup" else contextlib.nullcontext():
+        persisted = client.persist(bag)
+    wait(persisted)
+    return persisted
+
+
+def bag_growth(mode: str, chunks: Sequence[int], object_kb: float, settle_s: float = 2.0) -> float:
+    """KB of worker memory per extra chunk from the first chunk count to the last, in a fresh cluster."""
+    mapper = Mapper(int(object_kb * ROWS_PER_KB))
+    sampler = MemorySampler()
+    held, previous, settled = [], 0, []
+    with local_cluster(memory_limit="4GiB") as client:
+        arg = _bag_argument(mode, mapper, client)
+        held.append(_bag_persist(mode, 0, 2, arg, client))  # imports on the workers, before measuring
+        for count in chunks:
+            label = f"{mode}/{count}"
+            with sampler.sample(label, client=client, interval=0.1):
+                held.append(_bag_persist(mode, previous, count - previous, arg, client))
+                time.sleep(settle_s)
+            values = [v for _, v in sampler.samples[label]]
+            settled.append(statistics.median(values[len(values) // 2 :]))
+            previous = count
+    return (settled[-1] - settled[0]) / (chunks[-1] - chunks[0]) / 1024
+
+
+def _bag_trace_start() -> None:
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start(8)  # deep enough to reach the unpickling frame from dask's __setstate__
+
+
+def _bag_trace_unpickled() -> int:
+    """Bytes still held that were allocated while unpickling (under ``pickle.loads`` in distributed)."""
+    import tracemalloc
+
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    where = tracemalloc.Filter(True, "*distributed/protocol/pickle.py", all_frames=True)
+    return sum(stat.size for stat in snapshot.filter_traces([where]).statistics("filename"))
+
+
+def bag_spec_bytes(mode: str, chunks: int, object_kb: float) -> float:
+    """Bytes per chunk of unpickled specs held by the worker of a one-worker cluster after a persist."""
+    mapper = Mapper(int(object_kb * ROWS_PER_KB))
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster:
+        with Client(cluster) as client:
+            arg = _bag_argument(mode, mapper, client)
+            warm = _bag_persist(mode, 0, 2, arg, client)
+            client.run(_bag_trace_start)
+            held = _bag_persist(mode, 2, chunks, arg, client)
+            (total,) = client.run(_bag_trace_unpickled).values()
+            del warm, held
+    return total / chunks
+
+
+def bag_shape(chunks: Sequence[int], rounds: int, object_kb: float, specs: bool) -> dict[str, list[float]]:
+    """Every mode of the bag part, ``rounds`` times, printed as tables; the growths per mode."""
+    results: dict[str, list[float]] = {mode: [] for mode in BAG_MODES}
+    for index in range(rounds):
+        for mode in BAG_MODES if index % 2 == 0 else reversed(BAG_MODES):
+            results[mode].append(bag_growth(mode, chunks, object_kb))
+            print(f"round {index + 1}: {mode:8} {results[mode][-1]:6.2f} KB per chunk", flush=True)
+    print("\n| bag mode | KB per extra chunk (each round) | median |\n|---|---|---|")
+    for mode, values in results.items():
+        print(f"| {mode} | {', '.join(f'{v:.2f}' for v in values)} | {statistics.median(values):.2f} |")
+    if specs:
+        print("\n| bag mode | unpickled specs held per chunk (bytes) |\n|---|---|")
+        for mode in BAG_MODES:
+            print(f"| {mode} | {bag_spec_bytes(mode, chunks[-1], object_kb):.0f} |", flush=True)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.break_even", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="object sizes in bytes")
@@ -261,12 +380,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--from-csv", type=Path, help="run nothing: read the cells of an earlier --output")
     parser.add_argument("--no-grid", action="store_true", help="skip the grid")
     parser.add_argument("--dependency-tasks", type=int, nargs="+", default=[], help="also measure one more dependency per task at these task counts")
-    parser.add_argument("--rounds", type=int, default=3, help="persists of each kind per --dependency-tasks count")
+    parser.add_argument("--rounds", type=int, default=3, help="persists of each kind per --dependency-tasks count; rounds of --bag-chunks")
+    parser.add_argument("--bag-chunks", type=int, nargs="+", default=[], help="also measure the fused bag shape, growing over these partition counts")
+    parser.add_argument("--bag-object-kb", type=float, default=60.0, help="the object of --bag-chunks' dedup and scatter modes, in KB")
+    parser.add_argument("--bag-specs", action="store_true", help="with --bag-chunks: the unpickled specs per chunk on a worker too")
     args = parser.parse_args(argv)
+    if args.bag_chunks and len(args.bag_chunks) < 2:
+        parser.error("--bag-chunks needs at least two counts")
     if args.dependency_tasks:
         print(DEPENDENCY_HEADER)
         for n in args.dependency_tasks:
             print(dependency_cost(n, args.rounds).row(), flush=True)
+    if args.bag_chunks:
+        bag_shape(sorted(args.bag_chunks), args.rounds, args.bag_object_kb, args.bag_specs)
     if args.no_grid:
         return
     cells = read_cells(args.from_csv) if args.from_csv else grid(args.sizes, args.tasks, args.cap)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dedupgraph.benchmarks.break_even import grid, main, markdown, read_cells
 
 
@@ -28,3 +30,15 @@ def test_one_more_dependency_is_measured_at_its_smallest(capsys):
     main(["--no-grid", "--dependency-tasks", "20", "--rounds", "1"])
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| tasks | traced per task") and table[2].startswith("| 20 |") and len(table) == 3
+
+
+def test_the_fused_bag_shape_is_measured_at_its_smallest():
+    from dedupgraph.benchmarks.break_even import bag_growth, bag_spec_bytes
+
+    # the hoisted dependency inside dask's fused bag task: more unpickled spec per chunk than no dependency
+    fused, dedup = bag_spec_bytes("fused", 200, 8), bag_spec_bytes("dedup", 200, 8)
+    assert 0 < fused < dedup
+    growth = bag_growth("scatter", [3, 6], 8, settle_s=0.3)
+    assert isinstance(growth, float)
+    with pytest.raises(SystemExit):
+        main(["--no-grid", "--bag-chunks", "3"])  # a growth needs two counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 
 import dask
@@ -200,3 +201,32 @@ def test_hostile_getattr_is_still_hoisted():
     expected, got, graph = _run(colls)
     assert got == expected
     assert [k.split("-")[1] for k in hoisted_keys(graph)] == ["HostileGetattr"]
+
+
+class EqualityMeta(type):
+    """A metaclass that defines ``__eq__`` without ``__hash__``: its classes are unhashable."""
+
+    def __eq__(cls, other: object) -> bool:
+        return cls is other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class UnhashableClass(metaclass=EqualityMeta):
+    def __init__(self) -> None:
+        self.payload = np.arange(20_000)
+
+
+def test_instances_of_unhashable_classes_do_not_fail_the_pass(caplog):
+    # ``type(obj) in some_set`` raises for these: the pass used to fail on them
+    # and leave the whole graph alone, and inspect() raised
+    obj = UnhashableClass()
+    colls = [delayed(lambda o, i: int(o.payload[-1]) + i)(obj, i) for i in range(N)]
+    with caplog.at_level(logging.WARNING, logger="dedupgraph"):
+        expected, got, graph = _run(colls)
+    assert got == expected
+    assert "pass failed" not in caplog.text
+    # cloudpickle cannot pickle them either (it keys a dict by class): inline, as plain dask
+    assert hoisted_keys(graph) == []
+    (row,) = [r for r in dedupgraph.inspect(*colls).rows if r.label == "UnhashableClass"]
+    assert row.reason == "unpicklable"

@@ -230,18 +230,20 @@ def carrier_token(value: Any, may_merge: Callable[[Any], bool]) -> int | None:
     full collections in the work that follows.  Two objects whose tokens
     collide are only counted together, and then fingerprinted.
     """
+    typ = type(value)
+    if typ is bytes or typ is str or typ is np.ndarray:  # by exact type: never methods or partials
+        if not may_merge(value):
+            return id(value)
+        if typ is bytes:
+            return _ends_hash(value, len(value))
+        if typ is str:
+            return hash(value)
+        if not value.dtype.hasobject and value.flags.c_contiguous:
+            return _ends_hash(value.reshape(-1).view(np.uint8), hash((value.dtype.str, value.shape)) % 2**64)
+        return None
     if same_objects_signature(value) is not None:
         return None
-    if not may_merge(value):
-        return id(value)
-    typ = type(value)
-    if typ is bytes:
-        return _ends_hash(value, len(value))
-    if typ is str:
-        return hash(value)
-    if typ is np.ndarray and value.dtype != object and value.flags.c_contiguous:
-        return _ends_hash(value.reshape(-1).view(np.uint8), hash((value.dtype.str, value.shape)) % 2**64)
-    return None
+    return None if may_merge(value) else id(value)
 
 
 def _ends_hash(buffer: Any, seed: int) -> int:
@@ -251,6 +253,9 @@ def _ends_hash(buffer: Any, seed: int) -> int:
     hasher = xxhash.xxh3_64(buffer[:_SAMPLED_BYTES], seed)
     hasher.update(buffer[-_SAMPLED_BYTES:])
     return hasher.intdigest()
+
+
+_UNSEEN = object()  # not a token: CarrierCounts.tokens holds ints and None
 
 
 class CarrierCounts:
@@ -263,34 +268,42 @@ class CarrierCounts:
 
     One per walk over one graph (the graph holds every leaf for the whole
     walk, so identities stay unique).  ``skip``: identities a walk need not
-    visit again, obviously small ones and those the caller judged.
+    visit again, obviously small ones and those the caller judged.  A leaf
+    whose token is its identity (most of them) is kept in ``counts`` alone:
+    an entry less per leaf, as a graph may carry one per task.
     """
 
     def __init__(self, memo: FingerprintMemo, may_merge: Callable[[Any], bool]) -> None:
         self.memo = memo
         self.may_merge = may_merge
-        self.tokens: dict[int, int | None] = {}  # by identity: functions recur in every task
-        self.counts: dict[int, int] = {}
+        self.tokens: dict[int, int | None] = {}  # identity -> token, for tokens other than the identity
+        self.counts: dict[int, int] = {}  # token -> count
         self.skip: set[int] = set()
 
     def add(self, value: Any) -> int | None:
         """Count ``value`` once more: its count so far; 0 if obviously small (then skipped); None if it has no token."""
         ident = id(value)
-        if ident in self.tokens:
-            token = self.tokens[ident]
-        elif is_obviously_small(value, self.memo.min_bytes):
-            self.skip.add(ident)
-            return 0
-        else:
-            token = self.tokens[ident] = carrier_token(value, self.may_merge)
+        counts = self.counts
+        token = self.tokens.get(ident, _UNSEEN)
+        if token is _UNSEEN:
+            if ident in counts:  # seen, its token its identity
+                token = ident
+            elif is_obviously_small(value, self.memo.min_bytes):
+                self.skip.add(ident)
+                return 0
+            else:
+                token = carrier_token(value, self.may_merge)
+                if token != ident:
+                    self.tokens[ident] = token
         if token is None:
             return None
-        count = self.counts[token] = self.counts.get(token, 0) + 1
+        count = counts[token] = counts.get(token, 0) + 1
         return count
 
     def of(self, value: Any) -> int | None:
         """The count of a value counted before; None if it has no token."""
-        token = self.tokens[id(value)]
+        ident = id(value)
+        token = self.tokens.get(ident, ident)
         return None if token is None else self.counts[token]
 
 
@@ -314,7 +327,7 @@ def _leaves_worth_recording(
     current: list[tuple[Any, str]] = []
 
     def collect(value: Any, where: str) -> None:
-        first = id(value) not in carriers.tokens
+        first = id(value) not in carriers.tokens  # told only of values without a token: all in ``tokens``
         count = carriers.add(value)
         if count == 0:
             return

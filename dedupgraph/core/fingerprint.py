@@ -27,9 +27,8 @@ import xxhash
 
 logger = logging.getLogger("dedupgraph")
 
-_SCALARS: frozenset[type] = frozenset(
-    {type(None), bool, int, float, complex, slice, range, type(Ellipsis)}
-)
+# By the type's id: some metaclasses make their classes unhashable, and ``in`` would raise.
+_SCALARS: frozenset[int] = frozenset(map(id, (type(None), bool, int, float, complex, slice, range, type(Ellipsis))))
 _SMALL_KINDS = (np.generic, np.dtype)  # numpy scalars, and dtypes (each dtype is its own class)
 _TEXT = (str, bytes, bytearray)
 _SMALL_TUPLE_LEN = 8
@@ -106,7 +105,9 @@ class FingerprintMemo:
         self._seen: dict[int, tuple[Any, Fingerprint | None, str | None]] = {}
         # digest -> [(object first seen with it, its pickle once it had to be compared)]
         self._owners: dict[str, list[list[Any]]] = {}
-        self._excluded_types: dict[type, bool] = {}
+        # id of a type -> whether it is excluded; by id, as some metaclasses make classes
+        # unhashable (the values in ``_seen`` keep their types, and so the ids, alive)
+        self._excluded_types: dict[int, bool] = {}
 
     @classmethod
     def for_pass(cls, settings: Any) -> FingerprintMemo:
@@ -140,9 +141,9 @@ class FingerprintMemo:
 
     def _kept_inline(self, value: Any) -> bool:
         typ = type(value)
-        excluded = self._excluded_types.get(typ)
+        excluded = self._excluded_types.get(id(typ))
         if excluded is None:
-            excluded = self._excluded_types[typ] = type_is_excluded(typ, self.exclude)
+            excluded = self._excluded_types[id(typ)] = type_is_excluded(typ, self.exclude)
         if excluded:
             logger.debug("left %s inline: its type is in dedupgraph.exclude", typ.__name__)
             return True
@@ -224,18 +225,18 @@ def is_obviously_small(value: Any, min_bytes: int) -> bool:
     (True, False)
     """
     typ = type(value)
-    if typ in _SCALARS or isinstance(value, _SMALL_KINDS):
+    if id(typ) in _SCALARS:
         return True
-    if isinstance(value, _TEXT):
-        # at most 4 bytes a character in UTF-8
-        return len(value) * 4 < min_bytes
+    if typ is np.ndarray:  # before the isinstance checks: the common medium object
+        return not value.dtype.hasobject and value.nbytes * 2 < min_bytes
     if typ is tuple:
         return len(value) <= _SMALL_TUPLE_LEN and all(
-            type(v) in _SCALARS or (isinstance(v, str) and len(v) < 64) for v in value
+            id(type(v)) in _SCALARS or (isinstance(v, str) and len(v) < 64) for v in value
         )
-    if typ is np.ndarray:
-        return value.dtype != object and value.nbytes * 2 < min_bytes
-    return False
+    if typ is bytes or typ is str or isinstance(value, _TEXT):
+        # at most 4 bytes a character in UTF-8
+        return len(value) * 4 < min_bytes
+    return isinstance(value, _SMALL_KINDS)
 
 
 _NOT_LETTERS = re.compile("[^A-Za-z]+")

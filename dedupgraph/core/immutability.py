@@ -64,16 +64,56 @@ def is_immutable(value: Any, depth: int = 0) -> bool:
     """
     if depth > _MAX_DEPTH:
         return False
-    typ = type(value)
-    if typ in _ATOMS or isinstance(value, (np.generic, np.dtype, type, types.ModuleType)):
+    try:
+        kind = _kind(type(value))
+    except TypeError:  # a class whose metaclass makes it unhashable
+        kind = _kind_of(type(value))
+    if kind == "atom":
         return True
-    if typ in _SEQUENCES:
+    if kind == "sequence":
         return all(is_immutable(item, depth + 1) for item in value)
-    if typ is np.ndarray:
+    if kind == "array":
         return _is_read_only_array(value)
-    if isinstance(value, types.FunctionType):
+    if kind == "function":
         return _is_pure_function(value, depth)
-    return _is_immutable_pandas(value, depth)
+    if kind == "index":
+        return _is_immutable_index(value, depth)
+    if kind == "frame":
+        return _is_immutable_frame(value, depth)
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _kind(typ: type) -> str:
+    # cached per type: prescans ask it of every medium object they read
+    return _kind_of(typ)
+
+
+def _kind_of(typ: type) -> str:
+    """Which of the checks above applies to instances of ``typ``.
+
+    By the type, not the instance: an object that only claims a class (a
+    proxy's ``__class__``) is judged as what it is, and mutable if unknown.
+    Compared by identity, as some metaclasses make their classes unhashable.
+    """
+    if any(typ is atom for atom in _ATOMS) or issubclass(typ, (np.generic, np.dtype, type, types.ModuleType)):
+        return "atom"
+    if any(typ is sequence for sequence in _SEQUENCES):
+        return "sequence"
+    if typ is np.ndarray:
+        return "array"
+    if issubclass(typ, types.FunctionType):
+        return "function"
+    # pandas is imported only when the value's type comes from it
+    module = getattr(typ, "__module__", None)
+    if isinstance(module, str) and module.startswith("pandas"):
+        import pandas as pd
+
+        if issubclass(typ, pd.Index):
+            return "index"
+        if issubclass(typ, (pd.Series, pd.DataFrame)):
+            return "frame"
+    return "other"
 
 
 def _is_read_only_array(array: np.ndarray) -> bool:
@@ -102,34 +142,19 @@ def _is_pure_function(func: types.FunctionType, depth: int) -> bool:
     return all(is_immutable(d, depth + 1) for d in defaults)
 
 
-@functools.cache
-def _pandas_kind(typ: type) -> str | None:
-    """``"index"``, ``"frame"`` (a Series or a DataFrame) or None, per type: prescans ask it of every medium object."""
-    # pandas is imported only when the value's type comes from it
-    if not typ.__module__.startswith("pandas"):
-        return None
-    import pandas as pd
-
-    if issubclass(typ, pd.Index):
-        return "index"
-    return "frame" if issubclass(typ, (pd.Series, pd.DataFrame)) else None
-
-
-def _is_immutable_pandas(value: Any, depth: int) -> bool:
-    kind = _pandas_kind(type(value))
-    if kind == "index":
-        return _is_immutable_index(value, depth)
-    if kind == "frame":
-        # the columns first: writeable ones, the common case, decide at once
-        manager = getattr(value, "_mgr", None)
-        arrays = getattr(manager, "arrays", None)
-        if arrays is None or not all(_is_read_only_column(a) for a in arrays):
+def _is_immutable_frame(value: Any, depth: int) -> bool:
+    # the columns first: writeable ones, the common case, decide at once
+    manager = getattr(value, "_mgr", None)
+    arrays = getattr(manager, "arrays", None)
+    if arrays is None:
+        return False
+    for array in arrays:
+        if not _is_read_only_column(array):
             return False
-        if value.attrs:  # a dict any task can fill
-            return False
-        indexes = [value.index] + ([value.columns] if value.ndim == 2 else [])
-        return all(_is_immutable_index(index, depth) for index in indexes)
-    return False
+    if value.attrs:  # a dict any task can fill
+        return False
+    indexes = [value.index] + ([value.columns] if value.ndim == 2 else [])
+    return all(_is_immutable_index(index, depth) for index in indexes)
 
 
 def _is_immutable_index(index: Any, depth: int) -> bool:

@@ -195,7 +195,8 @@ def _top_level(task: Any, leaf: Any, skip: Container[int] = frozenset()) -> None
         _values((task,), leaf)
 
 
-_ATOMS = frozenset({int, float, bool, complex, type(None), slice, range, type(Ellipsis)})
+# By the type's id: some metaclasses make their classes unhashable, and ``in`` would raise.
+_ATOMS = frozenset(map(id, (int, float, bool, complex, type(None), slice, range, type(Ellipsis))))
 
 
 def _small_tuple(value: tuple[Any, ...]) -> bool:
@@ -204,21 +205,21 @@ def _small_tuple(value: tuple[Any, ...]) -> bool:
         return False
     for item in value:
         typ = type(item)
-        if typ not in _ATOMS and not (typ is str and len(item) < 64):
+        if id(typ) not in _ATOMS and not (typ is str and len(item) < 64):
             return False
     return True
 
 
-_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
+_CONTAINERS = frozenset(map(id, (list, tuple, set, frozenset, dict)))
 
 
 def _values(values: Iterable[Any], leaf: Any) -> None:
     """Leaves of legacy task arguments, as the pass will see them once converted."""
     for value in values:
         typ = type(value)
-        if typ in _ATOMS or (typ is str and len(value) < 1024) or (typ is tuple and _small_tuple(value)):
+        if id(typ) in _ATOMS or (typ is str and len(value) < 1024) or (typ is tuple and _small_tuple(value)):
             continue
-        if typ in _CONTAINERS:
+        if id(typ) in _CONTAINERS:
             items = list(value.values()) if typ is dict else value
             if len(items) > SMALL_CONTAINER_LEN and not all(_key_like(v) for v in items):
                 leaf(value)  # the pass judges a long plain container whole

@@ -46,7 +46,7 @@ from dedupgraph.core.runtime import call
 # that a large object inside ``k=[model, 1]`` is found.  Longer ones (a lookup
 # dict with 10,000 entries) are judged whole, as one value.
 SMALL_CONTAINER_LEN = 16
-_PLAIN_CONTAINERS = (list, tuple, dict, set)
+_PLAIN_CONTAINERS = frozenset(map(id, (list, tuple, dict, set)))  # by id, as _NOTHING_INSIDE
 
 
 # Where a leaf sits, as reported to ``visit_leaf``.  Inside a container or a
@@ -70,8 +70,9 @@ def inside_container(where: str | None) -> str:
     return CONTAINER if where in (None, ARGUMENT, KEYWORD) else where
 
 
-# Values that can never hold a large object: skipped before any call.
-_NOTHING_INSIDE = frozenset({int, float, bool, type(None), complex, slice, range, TaskRef, Alias})
+# Values that can never hold a large object: skipped before any call.  By the
+# type's id: some metaclasses make their classes unhashable, and ``in`` would raise.
+_NOTHING_INSIDE = frozenset(map(id, (int, float, bool, type(None), complex, slice, range, TaskRef, Alias)))
 
 Visit = Callable[[Any, str], object]
 
@@ -104,9 +105,18 @@ def walk_leaves(
     in the same order (what it saves: docs/benchmarks.rst, "Measurements
     behind the code").
     """
-    if not isinstance(node, Task):
-        return
-    _walk_stack([(node, None)], visit, skip, subgraphs)
+    if type(node) is Task and node.func is not _execute_subgraph:
+        # the common entry, as _walk_stack would take it, without the stack's first round
+        stack: list[tuple[Task, str | None]] = []
+        if id(node.func) not in skip:
+            visit(node.func, FUNCTION)
+        _walk_values(node.args, ARGUMENT, visit, skip, stack)
+        if node.kwargs:
+            _walk_values(node.kwargs.values(), KEYWORD, visit, skip, stack)
+        if stack:
+            _walk_stack(stack, visit, skip, subgraphs)
+    elif isinstance(node, Task):
+        _walk_stack([(node, None)], visit, skip, subgraphs)
 
 
 def _walk_stack(
@@ -167,16 +177,16 @@ def _walk_values(
 ) -> None:
     for value in values:
         typ = type(value)
-        if typ in _NOTHING_INSIDE or id(value) in skip:
+        if id(typ) in _NOTHING_INSIDE or id(value) in skip:
             continue
-        if typ is Task or isinstance(value, Task):
-            stack.append((value, where))
-        elif isinstance(value, GraphNode):
-            if isinstance(value, DataNode) and id(value.value) not in skip:
+        if isinstance(value, GraphNode):  # one check for the nodes: most leaves are none
+            if isinstance(value, Task):
+                stack.append((value, where))
+            elif isinstance(value, DataNode) and id(value.value) not in skip:
                 visit(value.value, where)
         elif isinstance(value, TaskRef):
             continue
-        elif typ in _PLAIN_CONTAINERS and len(value) <= SMALL_CONTAINER_LEN:
+        elif id(typ) in _PLAIN_CONTAINERS and len(value) <= SMALL_CONTAINER_LEN:
             _walk_values(value.values() if typ is dict else value, inside_container(where), visit, skip, stack)
         else:
             visit(value, where)
@@ -213,7 +223,7 @@ class TaskTransformer:
 
     def visit_value(self, value: Any, where: str) -> Any:
         """Any value found inside a task."""
-        if type(value) in _NOTHING_INSIDE or isinstance(value, TaskRef):
+        if id(type(value)) in _NOTHING_INSIDE or isinstance(value, TaskRef):
             return value
         if isinstance(value, GraphNode):
             if isinstance(value, Task):
@@ -221,7 +231,7 @@ class TaskTransformer:
             if isinstance(value, DataNode):
                 return self.visit_data_node(value, where)
             return value  # Alias and node types we do not know stay as they are
-        if type(value) in _PLAIN_CONTAINERS and len(value) <= SMALL_CONTAINER_LEN:
+        if id(type(value)) in _PLAIN_CONTAINERS and len(value) <= SMALL_CONTAINER_LEN:
             return self.visit_plain_container(value, where)
         return self.visit_leaf(value, where)
 
@@ -327,7 +337,7 @@ class TaskTransformer:
         """The values visited; the same tuple object if none changed."""
         new: list[Any] | None = None
         for index, value in enumerate(values):
-            if type(value) in _NOTHING_INSIDE:
+            if id(type(value)) in _NOTHING_INSIDE:
                 continue
             replacement = self.visit_value(value, where)
             if replacement is not value:
