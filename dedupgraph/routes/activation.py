@@ -49,6 +49,12 @@ def enable(**settings: Any) -> ConfigChange:
     ``LocalCluster`` started afterwards in this process runs the scheduler
     route too (``dedupgraph.scheduler`` becomes a scheduler preload), which
     covers DataFrames and array-expr arrays.
+
+    The configuration is the process's, as every ``dask.config.set``: switch
+    the pass on once, before starting threads that compute, not in each of
+    them.  Blocks that overlap in several threads do not nest (the first to
+    exit switches the pass off under the others); a thread that wants the pass
+    for its own collections alone calls :func:`dedupgraph.deduplicate`.
     """
     return _switched_on(OPTIMIZER_KEYS, settings)
 
