@@ -1,8 +1,10 @@
-"""What the config route adds to dask's own array optimization.
+"""What the config route adds to dask's own array optimization, and the memory the pass holds.
 
     python -m dedupgraph.benchmarks.overhead                        # ~60,000 tasks
     python -m dedupgraph.benchmarks.overhead --tasks 10000 200000 --repeat 5
     python -m dedupgraph.benchmarks.overhead --graph issue --tasks 60000 --repeat 7
+    python -m dedupgraph.benchmarks.overhead --memory               # 1,000,000 tasks
+    python -m dedupgraph.benchmarks.overhead --memory --tasks 10000 --distinct
 
 The default graph is ``(zeros.map_blocks(f, obj) + 1).sum()`` over
 ``chunks=(1, 10)``, sized so that the unoptimized graph has about
@@ -41,6 +43,12 @@ shared machine do not count) with ``gc.collect()`` before each timing:
   optimized output, best of ``--repeat``, over dask's best: what the walk
   and the rewrite cost, without the shortcut that skips graphs whose layers
   hold nothing large.
+
+``--memory`` measures memory instead (``tracemalloc``): a graph of ``--tasks``
+tasks (default 1,000,000) that all carry one 100 KB object (with
+``--distinct``, equal but distinct copies of it, each pickled once), what it
+takes, the peak the pass adds beyond it while it runs, and what the new graph
+keeps after it (the rewritten tasks).
 """
 
 from __future__ import annotations
@@ -51,12 +59,14 @@ import gc
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask._task_spec import Task
 from dask.array.optimization import optimize
 
 from .seed import Mapper
@@ -233,13 +243,58 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+PAYLOAD = 100_000  # bytes of the object every task of the --memory graph carries
+
+
+def _len_plus(obj: bytes, i: int) -> int:
+    return len(obj) + i
+
+
+def pass_memory(tasks: int, distinct: bool) -> dict[str, float]:
+    """The ``--memory`` measurement: the graph's size, the pass's peak beyond it, what the new graph keeps."""
+    tracemalloc.start()
+    shared = bytearray(PAYLOAD)
+    graph = {
+        # distinct copies as bytes: immutable, so the default merge-equal lets them share one key
+        ("t", i): Task(("t", i), _len_plus, bytes(shared) if distinct else shared, i)
+        for i in range(tasks)
+    }
+    graph_bytes, _ = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    out = deduplicate_graph(graph, Settings())
+    after, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    hoisted = sum(1 for k in out if isinstance(k, str))
+    del out
+    return {
+        "tasks": tasks,
+        "graph_mb": graph_bytes / 2**20,
+        "pass_peak_extra_mb": (peak - graph_bytes) / 2**20,
+        "kept_after_mb": (after - graph_bytes) / 2**20,
+        "hoisted": hoisted,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.overhead", description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, nargs="+", default=[60_000])
+    parser.add_argument("--tasks", type=int, nargs="+", default=None, help="default: 60000; with --memory, 1000000")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None)
     parser.add_argument("--graph", choices=GRAPHS, default="zeros")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="the memory the pass holds, not its time")
+    parser.add_argument("--distinct", action="store_true", help="with --memory: equal but distinct objects in every task")
     args = parser.parse_args(argv)
+    if args.memory:
+        print("| tasks | graph (MB) | pass peak beyond the graph (MB) | new tasks kept (MB) | hoisted keys |")
+        print("|---|---|---|---|---|")
+        for n in args.tasks or [1_000_000]:
+            r = pass_memory(n, args.distinct)
+            print(
+                f"| {r['tasks']} | {r['graph_mb']:.0f} | {r['pass_peak_extra_mb']:.0f} | "
+                f"{r['kept_after_mb']:.0f} | {r['hoisted']} |"
+            )
+        return
+    args.tasks = args.tasks or [60_000]
     scenarios = args.scenarios or (["none", "shared"] if args.graph == "issue" else list(SCENARIOS))
     rows = []
     for n in args.tasks:

@@ -23,6 +23,7 @@ hint.watch_local_schedulers()
 
 from dedupgraph.routes.activation import disable, enable  # noqa: E402
 from dedupgraph.routes.deduplicate import deduplicate  # noqa: E402
+from dedupgraph.routes.distributed.client import forget  # noqa: E402
 from dedupgraph.core.inline import keep_inline  # noqa: E402
 from dedupgraph.routes.config import Deduplicator, dedup, dedup_bag, dedup_delayed  # noqa: E402
 from dedupgraph.tools.report import Report, inspect  # noqa: E402
@@ -40,6 +41,7 @@ __all__ = [
     "deduplicate",
     "disable",
     "enable",
+    "forget",
     "inspect",
     "keep_inline",
 ]

@@ -87,7 +87,7 @@ class Settings:
     """What the pass hoists.
 
     >>> Settings(min_bytes=1024, min_count=3)
-    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5, check_mutation=False, floor_bytes=4096)
+    Settings(min_bytes=1024, min_count=3, dry_run=False, exclude=(), hint_bytes=10485760, merge_equal='immutable', share='process', share_min_bytes=1048576, share_limit=0.5, check_mutation=False, floor_bytes=4096, reuse_limit=0.1)
 
     ``min_bytes``: ``None`` (``"auto"`` in config, the default): a repeated
     object of at least ``floor_bytes`` is hoisted where what it saves pays for
@@ -112,6 +112,10 @@ class Settings:
     ``check_mutation``: each task that receives a hoisted mutable object digests
     it before and after its function runs, and a change is logged (one WARNING
     per function and process): a check to run before production.
+    ``reuse_limit``: on distributed, how much of its hoisted objects a
+    scheduler keeps after a computation, for later ones to reuse by content: a
+    fraction (``0 < f <= 1``) of the smallest worker's memory limit, or a byte
+    size of at least 1 MiB; ``0``: nothing kept.
     """
 
     min_bytes: int | None = None
@@ -124,7 +128,8 @@ class Settings:
     share_min_bytes: int = 2**20
     share_limit: float | int = 0.5
     check_mutation: bool = False
-    floor_bytes: int = 4 * 1024  # last: the fields before it keep their positions
+    floor_bytes: int = 4 * 1024  # after the others: the fields before it keep their positions
+    reuse_limit: float | int = 0.1
 
     def __post_init__(self) -> None:
         if self.min_bytes is not None:
@@ -139,6 +144,7 @@ class Settings:
         _check_choice("share", self.share, SHARE_CHOICES)
         _check_int("share-min-bytes", self.share_min_bytes, minimum=0)
         _check_share_limit(self.share_limit)
+        _check_reuse_limit(self.reuse_limit)
         if not isinstance(self.exclude, tuple) or not all(
             isinstance(name, str) and name.strip() for name in self.exclude
         ):
@@ -252,7 +258,9 @@ def _normalized(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
             value = value.strip().lower()
         if field == "share_limit":
             value = _share_limit(value)
-        if isinstance(value, float) and value.is_integer() and field != "share_limit":
+        if field == "reuse_limit":
+            value = _reuse_limit(value)
+        if isinstance(value, float) and value.is_integer() and field not in ("share_limit", "reuse_limit"):
             # "1e6" in an environment variable arrives as a float
             value = int(value)
         out[field] = value
@@ -316,24 +324,61 @@ def _share_limit(value: Any) -> Any:
     return value
 
 
-# The smallest byte count share-limit takes: a smaller number is surely a fraction
-# (0, 1) or a size whose unit was forgotten (2 for 2 GiB), not a limit that could
-# hold one segment (share-min-bytes defaults to 1 MiB).
+# The smallest byte count share-limit and reuse-limit take: a smaller number is surely a
+# fraction (0, 1) or a size whose unit was forgotten (2 for 2 GiB), not a limit that could
+# hold one segment or one kept object (share-min-bytes defaults to 1 MiB).
 SHARE_LIMIT_MIN_BYTES = 2**20
 
 
 def _check_share_limit(value: object) -> None:
-    accepted = (
+    _check_fraction_or_size(
+        "share-limit",
+        value,
         "dedupgraph setting 'share-limit' must be a fraction of /dev/shm's size, 0 < f <= 1 "
         f"(like 0.5), or a byte size of at least {SHARE_LIMIT_MIN_BYTES} bytes (like '8 GiB', "
-        f"'1 MiB' or {SHARE_LIMIT_MIN_BYTES}), got {value!r}"
+        f"'1 MiB' or {SHARE_LIMIT_MIN_BYTES}), got {value!r}",
     )
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise invalid_setting("share-limit", accepted)
-    if isinstance(value, float) and not 0 < value <= 1:
-        raise invalid_setting("share-limit", accepted)
-    if isinstance(value, int) and value < SHARE_LIMIT_MIN_BYTES:
-        raise invalid_setting("share-limit", accepted)
+
+
+def _check_fraction_or_size(name: str, value: object, accepted: str, zero: bool = False) -> None:
+    """A fraction ``0 < f <= 1``, or an int of at least ``SHARE_LIMIT_MIN_BYTES`` (or 0, with ``zero``)."""
+    fraction = isinstance(value, float) and 0 < value <= 1
+    size = isinstance(value, int) and not isinstance(value, bool) and (value >= SHARE_LIMIT_MIN_BYTES or zero and value == 0)
+    if not (fraction or size):
+        raise invalid_setting(name, accepted)
+
+
+def _reuse_limit(value: Any) -> Any:
+    # 0, false and off keep nothing; "10%" and "0.1" are fractions; "4 GiB" a size;
+    # anything else is left for the check, whose message lists what is accepted
+    if value is False or value is None or (isinstance(value, float) and value == 0):
+        return 0
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if text in ("false", "off", "no", "none"):
+        return 0
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text) if "." in text else None
+    except ValueError:
+        return value
+    if number is not None:
+        return 0 if number == 0 else number
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        return value
+
+
+def _check_reuse_limit(value: object) -> None:
+    _check_fraction_or_size(
+        "reuse-limit",
+        value,
+        "dedupgraph setting 'reuse-limit' must be a fraction of the smallest worker's memory limit, "
+        f"0 < f <= 1 (like 0.1 or '10%'), a byte size of at least {SHARE_LIMIT_MIN_BYTES} bytes "
+        f"(like '4 GiB'), or 0 to keep nothing, got {value!r}",
+        zero=True,
+    )
 
 
 def _check_bool(name: str, value: object) -> None:

@@ -163,13 +163,14 @@ MAIN = COMMON + """
 
 
 def test_the_client_scripts_never_import_dedupgraph():
-    for script in (MAIN, KILL, WITHOUT_DEDUPGRAPH):
+    for script in (MAIN, REUSE, KILL, WITHOUT_DEDUPGRAPH):
         assert "import dedupgraph" not in script and "from dedupgraph" not in script
 
 
 @pytest.fixture(scope="module")
 def main_run(deployment):
-    return run_client(MAIN, deployment)
+    # each phase starts from no hoisted key: this client's settings keep nothing for reuse (tested below)
+    return run_client(MAIN, deployment, env=_environment(DASK_DEDUPGRAPH__REUSE_LIMIT="0"))
 
 
 def test_dataframe_payload_collapses_on_the_workers(main_run):
@@ -190,6 +191,42 @@ def test_two_clients_with_equal_objects_share_one_hoisted_key(main_run):
     two = main_run["two clients"]
     assert two["same"]
     assert list(two["keys"].values()) == [2 * N]  # one key: both clients' partitions depend on it
+
+
+REUSE = COMMON + """
+    def hoisted_tasks(dask_scheduler):
+        # the task state of each hoisted key: the same object means it was never released in between
+        return {str(k): [id(ts), ts.state, len(ts.dependents)] for k, ts in dask_scheduler.tasks.items() if str(k).startswith("dedup-")}
+
+    client = Client(scheduler_file=sys.argv[1])
+    client.wait_for_workers(2, timeout=60)
+    mapper = Mapper(30_006)
+    client.run(copies)
+    first = persisted(client, frame(5000).map_partitions(with_len, mapper))
+    report = {"first": client.run_on_scheduler(hoisted_tasks), "same first": same(client, first, 5000, 30_006)}
+    del first
+    deadline = time.monotonic() + 60
+    while any(n for _, _, n in client.run_on_scheduler(hoisted_tasks).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the partitions released: the hoisted key has no dependent left
+    report["between"] = client.run_on_scheduler(hoisted_tasks)
+    second = persisted(client, frame(6000).map_partitions(with_len, mapper))
+    report["second"] = client.run_on_scheduler(hoisted_tasks)
+    report["same second"] = same(client, second, 6000, 30_006)
+    report["copies"] = sum(client.run(copies).values())
+    print(json.dumps(report))
+"""
+
+
+def test_a_later_computation_reuses_the_object_the_scheduler_kept(deployment):
+    found = run_client(REUSE, deployment)
+    assert found["same first"] and found["same second"]
+    [(key, (ts_id, state, dependents))] = found["first"].items()
+    assert dependents == N
+    assert found["between"] == {key: [ts_id, "memory", 0]}  # kept in memory, with no computation using it
+    assert found["second"] == {key: [ts_id, "memory", N]}  # the same task: not shipped nor unpickled again
+    # each deserialization is a copy: at most one per worker for the first computation, and at most
+    # one more for the second where distributed's memory manager dropped a copy in between
+    assert found["copies"] <= 3
 
 
 KILL = COMMON + """

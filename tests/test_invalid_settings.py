@@ -133,7 +133,8 @@ def test_the_environment_route_with_a_remote_scheduler_warns_once_and_runs_plain
             with Client(scheduler_file=sys.argv[1], timeout=60) as client:
                 client.wait_for_workers(1, timeout=60)
                 frame = dd.from_pandas(pdf, npartitions=8).map_partitions(with_len, Mapper())
-                held = client.persist(frame)
+                with dask.config.set({"dedupgraph.reuse-limit": 0}):  # kept, its key would stay below
+                    held = client.persist(frame)
                 client.gather(futures_of(held))
                 out["valid"] = client.run_on_scheduler(dedup_keys)  # the route hoists, as a check
                 del held

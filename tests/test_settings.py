@@ -38,13 +38,14 @@ def test_environment_variables_override_defaults():
         "DASK_DEDUPGRAPH__SHARE_MIN_BYTES": "4 MiB",
         "DASK_DEDUPGRAPH__SHARE_LIMIT": "0.25",
         "DASK_DEDUPGRAPH__CHECK_MUTATION": "true",
+        "DASK_DEDUPGRAPH__REUSE_LIMIT": "25%",
     }
     code = "import dedupgraph; print(dedupgraph.Settings.from_config())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (
         "Settings(min_bytes=1048576, min_count=3, dry_run=True, exclude=(), hint_bytes=1073741824, "
         "merge_equal='always', share='host', share_min_bytes=4194304, share_limit=0.25, "
-        "check_mutation=True, floor_bytes=4096)"
+        "check_mutation=True, floor_bytes=4096, reuse_limit=0.25)"
     )
 
 
@@ -75,6 +76,28 @@ def test_share_limit_numbers_that_could_be_a_fraction_or_bytes_are_refused():
             assert "0 < f <= 1 (like 0.5)" in message and "at least 1048576 bytes (like '8 GiB'" in message, message
         with dask.config.set({"dedupgraph.share-limit": value}):
             with pytest.raises(ValueError, match="share-limit"):
+                Settings.from_config()
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("0.1", 0.1), ("10%", 0.1), ("25%", 0.25), ("4 GiB", 4 * 2**30), (1.0, 1.0), (2**20, 2**20),
+     (0, 0), ("0", 0), (0.0, 0), ("0.0", 0), ("0%", 0), (False, 0), ("off", 0), ("false", 0), (None, 0)],
+)
+def test_reuse_limit_is_a_fraction_a_size_or_off(value, expected):
+    assert Settings.from_config(reuse_limit=value).reuse_limit == expected
+    with dask.config.set({"dedupgraph.reuse-limit": value}):
+        assert Settings.from_config().reuse_limit == expected
+
+
+def test_a_reuse_limit_that_is_neither_a_size_nor_a_fraction_is_refused_by_name():
+    for value in ("lots", "150%", 1.5, -0.1, 1, 1000, 2**20 - 1, -(2**30), True, [0.1], "1.5", "-10%"):
+        for make in (Settings.from_config, dedupgraph.enable):
+            with pytest.raises(ValueError, match="reuse-limit") as caught:
+                make(reuse_limit=value)
+            assert "fraction of the smallest worker's memory limit" in str(caught.value)
+        with dask.config.set({"dedupgraph.reuse-limit": value}):
+            with pytest.raises(ValueError, match="reuse-limit"):
                 Settings.from_config()
 
 

@@ -152,6 +152,12 @@ def format_status(address: str, found: dict[str, Any]) -> str:
             saved_here = format_bytes(h["nbytes"] * max(h["tasks"] - 1, 0))
             rows.append((h["label"], size, str(h["tasks"]), saved_here, ", ".join(h["workers"]), h["key"]))
         lines += _table(rows)
+    kept = found.get("kept") or []
+    if found.get("route"):
+        lines.append(
+            f"kept for later computations: {len(kept)}, {format_bytes(found.get('kept_bytes') or 0)}"
+            " (dedupgraph.forget() lets go of them)" if kept else "kept for later computations: none"
+        )
     t = found.get("totals") or {}
     if found.get("route"):
         hoisted = ", ".join(f"{label} {n}" for label, n in sorted(t["objects_hoisted"].items())) or "none"

@@ -33,7 +33,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dedupgraph.routes.distributed.plugin import observations, status
+from dedupgraph.routes.distributed.plugin import kept_for_reuse, observations, status
 from dedupgraph.routes.distributed.records import GraphRecord, HoistedObject, Totals
 
 if TYPE_CHECKING:
@@ -77,6 +77,8 @@ class Snapshot:
     held: tuple[HeldObject, ...]  #: the hoisted objects in memory now, most bytes saved first
     totals: Totals  #: since the route was switched on
     graphs: tuple[GraphRecord, ...]  #: the last graphs, the latest last
+    kept: tuple[str, ...] = ()  #: the keys kept for reuse by later computations, least recently used first
+    kept_bytes: int = 0  #: their pickled sizes, summed: what ``reuse-limit`` bounds
 
 
 def snapshot(scheduler: Scheduler) -> Snapshot:
@@ -85,7 +87,17 @@ def snapshot(scheduler: Scheduler) -> Snapshot:
     if account is None:
         found = status(scheduler)
         return Snapshot(False, found.get("problem"), held_objects(scheduler, {}), Totals(), ())
-    return Snapshot(True, None, held_objects(scheduler, account.known()), account.totals(), tuple(account.history()))
+    kept = kept_for_reuse(scheduler)
+    entries = kept.entries() if kept is not None else []
+    return Snapshot(
+        True,
+        None,
+        held_objects(scheduler, account.known()),
+        account.totals(),
+        tuple(account.history()),
+        kept=tuple(str(entry.key) for entry in entries if entry.key in scheduler.tasks),
+        kept_bytes=sum(entry.nbytes for entry in entries if entry.key in scheduler.tasks),
+    )
 
 
 def held_objects(scheduler: Scheduler, known: Mapping[Hashable, HoistedObject]) -> tuple[HeldObject, ...]:

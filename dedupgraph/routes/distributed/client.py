@@ -109,6 +109,31 @@ def switch_off() -> None:
     dask.config.set(restored)
 
 
+def forget(client: Client | None = None) -> dict[str, int]:
+    """Let go of every object the scheduler keeps for reuse by later computations.
+
+    >>> dedupgraph.forget(client)  # doctest: +SKIP
+    {'objects': 2, 'bytes': 482112}
+
+    ``client``: the scheduler's client; None for the default one.  Returns
+    how many objects were kept and their pickled bytes.  Keys still used by a
+    running computation stay until it ends, as any key does.  A scheduler
+    without the scheduler route keeps nothing: nothing to let go.
+    """
+    if client is None:
+        from distributed import default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            raise ValueError("dedupgraph.forget(client=None) needs a distributed Client: pass one, or create one first") from None
+    if not scheduler_imports_dedupgraph(client):
+        return {"objects": 0, "bytes": 0}
+    from dedupgraph.routes.distributed.plugin import forget_kept
+
+    return client.run_on_scheduler(forget_kept)
+
+
 def scheduler_imports_dedupgraph(client: Client) -> bool:
     """Whether ``client``'s scheduler can import dedupgraph; asked once per client."""
     known = _checked.get(client)

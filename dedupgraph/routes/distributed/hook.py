@@ -132,14 +132,17 @@ def materialize_held() -> bool:
 
 
 def wrap_update_graph(
-    scheduler: Scheduler, on_submission: Callable[[dict[str, Any]], Handler | None]
+    scheduler: Scheduler,
+    on_submission: Callable[[dict[str, Any]], Handler | None],
+    on_done: Callable[[Handler], None] | None = None,
 ) -> Callable[[], None]:
     """Make ``scheduler``'s ``update-graph`` handler call ``on_submission(message)`` first.
 
     ``on_submission`` gets the message's fields (it may take out fields of
     its own, before distributed sees them) and returns the handler for this
-    submission's materialization, or None.  Returns a function that undoes
-    the wrapping.
+    submission's materialization, or None.  ``on_done(handler)``, if given,
+    runs once distributed's handler has returned, on the event loop, with the
+    graph's task states in place.  Returns a function that undoes the wrapping.
     """
     original = scheduler.stream_handlers["update-graph"]
 
@@ -150,6 +153,8 @@ def wrap_update_graph(
             await original(**message)
         finally:
             _ACTIVE.reset(token)
+        if handler is not None and on_done is not None:
+            on_done(handler)
 
     setattr(update_graph, "__wrapped__", original)
     scheduler.stream_handlers["update-graph"] = update_graph

@@ -31,7 +31,6 @@ keeps the once-per-process hint instead.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import sys
@@ -47,8 +46,10 @@ from dedupgraph.routes.distributed.hook import (
     wrap_update_graph,
 )
 from dedupgraph.routes.distributed.records import FAILED, SUBMISSION, GraphRecord, Observations
+from dedupgraph.routes.distributed.reuse import KEEPER, KeptObjects, limit_in_bytes
 from dedupgraph.routes.distributed.submissions import Route, Submission
 from dedupgraph.routes.distributed.wire import FIELD
+from dedupgraph.settings import Settings, warn_invalid
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -70,14 +71,16 @@ def dask_teardown(scheduler: Scheduler) -> None:
 
 
 class _RoutePlugin(SchedulerPlugin):
-    """Holds one scheduler's route and its account of the graphs, and takes the route out when the scheduler closes."""
+    """Holds one scheduler's route, its account of the graphs and what it keeps for reuse; takes the route out when the scheduler closes."""
 
     name = PLUGIN
     deduplicates_graphs = True  #: what the hint looks for (see ``dedupgraph.tools.hint``)
 
-    def __init__(self, route: Route, undo: Any, observations: Observations) -> None:
+    def __init__(self, scheduler: Scheduler, route: Route, undo: Any, observations: Observations) -> None:
+        self.scheduler = scheduler
         self.route = route
         self.observations = observations
+        self.kept = KeptObjects()
         self._undo = undo
 
     def undo(self) -> None:
@@ -87,6 +90,53 @@ class _RoutePlugin(SchedulerPlugin):
 
     async def close(self) -> None:
         self.undo()
+
+    def keep(self, client: str, submission: Submission) -> None:
+        """After ``client``'s graph has its task states: keep its hoisted keys for later graphs, within the limit."""
+        if not submission.hoisted or not submission.reuse_limit:
+            return
+        limit = min(self._limit(submission.reuse_limit), self._limit(_own_reuse_limit()))
+        tasks = self.scheduler.tasks
+        self.kept.drop_missing(tasks.__contains__)
+        objects = [(h.key, h.nbytes) for h in submission.hoisted if h.key in tasks]
+        keep, release = self.kept.used(client, objects, limit)
+        self._apply(keep, release)
+
+    def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        self._apply([], self.kept.client_closed(client))
+
+    def restart(self, scheduler: Scheduler) -> None:
+        self.kept.forget()  # the restart released every key, ours included
+
+    def forget(self) -> tuple[int, int]:
+        """Let go of everything kept: (objects, bytes) let go."""
+        self.kept.drop_missing(self.scheduler.tasks.__contains__)
+        count, nbytes = len(self.kept.entries()), self.kept.total_bytes
+        self._apply([], self.kept.forget())
+        return count, nbytes
+
+    def _apply(self, keep: list[Any], release: list[Any]) -> None:
+        if keep:
+            self.scheduler.client_desires_keys(keys=keep, client=KEEPER)
+        release = [key for key in release if key in self.scheduler.tasks]
+        if release:
+            self.scheduler.client_releases_keys(keys=release, client=KEEPER, stimulus_id="dedupgraph-reuse-released")
+            logger.debug("dedupgraph: let go of %d kept object(s)", len(release))
+
+    def _limit(self, reuse_limit: float | int) -> int:
+        from distributed.system import MEMORY_LIMIT
+
+        workers = [ws.memory_limit for ws in self.scheduler.workers.values()]
+        return limit_in_bytes(reuse_limit, workers, MEMORY_LIMIT)
+
+
+def _own_reuse_limit() -> float | int:
+    """This scheduler's own ``reuse-limit``: a client's settings may lower what is kept, never raise it."""
+    try:
+        return Settings.from_config().reuse_limit
+    except ValueError as e:
+        warn_invalid(e, "the scheduler keeps nothing for reuse")
+        return 0
 
 
 def install(scheduler: Scheduler) -> bool:
@@ -136,17 +186,26 @@ def _install(scheduler: Scheduler) -> None:
             logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
             observations.add(GraphRecord(FAILED, SUBMISSION))
             return None
-        return functools.partial(_handle, route, submission)
+        return _Submitted(route, submission, message.get("client"))
+
+    def on_done(handler: Any) -> None:
+        if isinstance(handler, _Submitted) and handler.client is not None:
+            try:
+                plugin.keep(handler.client, handler.submission)
+            except Exception:  # keeping is a saving: never in the way of the computation
+                logger.warning("dedupgraph: keeping hoisted objects for reuse failed", exc_info=True)
 
     hold_materialize()
-    unwrap = wrap_update_graph(scheduler, on_submission)
+    unwrap = wrap_update_graph(scheduler, on_submission, on_done)
 
     def undo() -> None:
         unwrap()
         release_materialize()
 
+    # on_done reads ``plugin`` only once a graph has arrived, on this same event loop: after this line
+    plugin = _RoutePlugin(scheduler, route, undo, observations)
     try:
-        scheduler.add_plugin(_RoutePlugin(route, undo, observations), idempotent=True)
+        scheduler.add_plugin(plugin, idempotent=True)
     except Exception:
         undo()
         raise
@@ -154,8 +213,14 @@ def _install(scheduler: Scheduler) -> None:
     logger.info("dedupgraph: scheduler route on: every graph this scheduler receives is deduplicated")
 
 
-def _handle(route: Route, submission: Submission, materialize: Any, expr: Any, validate: bool) -> Any:
-    return route.handle(materialize, expr, validate, submission)
+class _Submitted:
+    """The handler of one submission: the route on its graph; afterwards, what the plugin keeps of it."""
+
+    def __init__(self, route: Route, submission: Submission, client: str | None) -> None:
+        self.route, self.submission, self.client = route, submission, client
+
+    def __call__(self, materialize: Any, expr: Any, validate: bool) -> Any:
+        return self.route.handle(materialize, expr, validate, self.submission)
 
 
 def uninstall(scheduler: Scheduler) -> None:
@@ -175,6 +240,19 @@ def observations(scheduler: Scheduler) -> Observations | None:
     """``scheduler``'s account of the graphs its route handled; None where the route is off."""
     plugin = scheduler.plugins.get(PLUGIN)
     return plugin.observations if isinstance(plugin, _RoutePlugin) else None
+
+
+def kept_for_reuse(scheduler: Scheduler) -> KeptObjects | None:
+    """What ``scheduler`` keeps for reuse; None where the route is off."""
+    plugin = scheduler.plugins.get(PLUGIN)
+    return plugin.kept if isinstance(plugin, _RoutePlugin) else None
+
+
+def forget_kept(dask_scheduler: Scheduler) -> dict[str, int]:
+    """Let go of every object ``dask_scheduler`` keeps for reuse (``client.run_on_scheduler`` calls it so)."""
+    plugin = dask_scheduler.plugins.get(PLUGIN)
+    count, nbytes = plugin.forget() if isinstance(plugin, _RoutePlugin) else (0, 0)
+    return {"objects": count, "bytes": nbytes}
 
 
 def observe(scheduler: Scheduler) -> None:
@@ -208,7 +286,6 @@ def show_in_server_log() -> None:
 def status(scheduler: Scheduler) -> dict[str, Any]:
     """What ``dedupgraph info --scheduler`` and a client's preload learn about ``scheduler``."""
     from dedupgraph.version import __version__
-    from dedupgraph.settings import Settings
 
     on = route_on(scheduler)
     try:
@@ -221,6 +298,18 @@ def status(scheduler: Scheduler) -> dict[str, Any]:
         "route": on,
         "problem": None if on else interception_problem() or "the route is not switched on for this scheduler",
         "settings": settings,
+        "kept": _kept_summary(scheduler),
+    }
+
+
+def _kept_summary(scheduler: Scheduler) -> dict[str, Any] | None:
+    kept = kept_for_reuse(scheduler)
+    if kept is None:
+        return None
+    kept.drop_missing(scheduler.tasks.__contains__)
+    return {
+        "objects": [{"key": str(e.key), "bytes": e.nbytes, "clients": len(e.clients)} for e in kept.entries()],
+        "bytes": kept.total_bytes,
     }
 
 

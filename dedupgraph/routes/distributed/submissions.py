@@ -98,6 +98,10 @@ class Submission:
     #: an empty dict passed as ``internal_priority`` where the client sent none: distributed
     #: runs ``dask.order`` itself unless the route fills it (see :func:`order_as_plain`)
     ordering: dict[Hashable, int] | None = None
+    #: filled by the route: the objects hoisted in this graph, under their keys, and the
+    #: ``reuse-limit`` of the settings that governed it (what the scheduler may keep of them)
+    hoisted: tuple[HoistedObject, ...] = ()
+    reuse_limit: float | int = 0
 
 
 class Route:
@@ -122,6 +126,8 @@ class Route:
         try:
             return self._handled(materialize, expr, validate, submission, notes)
         finally:
+            if notes.outcome == DEDUPLICATED:
+                submission.hoisted, submission.reuse_limit = notes.hoisted, notes.reuse_limit
             if self.observer is not None:
                 self._tell(notes, time.thread_time() - started)
 
@@ -134,6 +140,7 @@ class Route:
             if settings is None:  # the client's settings were invalid: it asked for plain dask
                 return notes.counted(materialize(expr, validate), UNCHANGED, SETTINGS)
             memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
+            notes.reuse_limit = settings.reuse_limit
         except Exception as e:
             _report_failure(e)
             return notes.counted(materialize(expr, validate), FAILED, SETTINGS)
@@ -271,7 +278,7 @@ _observer_failure_told = Once()
 class _Notes:
     """What the route learns about one graph while it works on it; a :class:`GraphRecord` at the end."""
 
-    __slots__ = ("outcome", "cause", "tasks", "hoisted", "fallbacks")
+    __slots__ = ("outcome", "cause", "tasks", "hoisted", "fallbacks", "reuse_limit")
 
     def __init__(self) -> None:
         # left so only when distributed's materialization raised: nothing else escapes the route
@@ -279,6 +286,7 @@ class _Notes:
         self.tasks = 0
         self.hoisted: tuple[HoistedObject, ...] = ()
         self.fallbacks: list[str] = []
+        self.reuse_limit: float | int = 0
 
     def counted(self, materialized: tuple[Graph, AnnotationsByType], outcome: str, cause: str) -> tuple[Graph, AnnotationsByType]:
         """``materialized``, noted as the graph's outcome."""
