@@ -27,7 +27,9 @@ Collections: ``array`` (``map_blocks``), ``delayed``, ``bag`` (``map``),
 with ``array.query-planning: True``, which dask reads once per process: those
 cells run in a child process).
 A second part times the pass against dask's own array optimization
-(``dedupgraph.benchmarks.overhead``).  Results go to ``--output``: ``cells.csv``,
+(``dedupgraph.benchmarks.overhead``); the last two measure one copy per host
+(``dedupgraph.benchmarks.host_memory``) and one object in computation after
+computation (``dedupgraph.benchmarks.repeat``).  Results go to ``--output``: ``cells.csv``,
 ``overhead.csv``, ``memory_samples.csv``, ``results.md`` and three PNG plots.
 """
 
@@ -62,6 +64,7 @@ from dedupgraph.routes.activation import SCHEDULER_PRELOADS_KEY, SCHEDULER_PRELO
 from dedupgraph.core.pipeline import deduplicate_graph
 from . import overhead
 from .host_memory import Part as HostMemoryPart
+from .repeat import Part as RepeatPart
 from .seed import Mapper, local_cluster
 
 MODES = (
@@ -98,13 +101,19 @@ class Plan:
     fresh_cluster: bool = True
     # share="host": peak host memory per sharing mode and worker count, a part of its own
     host_memory: HostMemoryPart | None = None
+    # one object in computation after computation: what each costs, per mode (issue 20)
+    repeat: RepeatPart | None = None
 
 
 FULL = Plan((250, 1000, 4000), ("60KB", "250KB", "2MB"), COLLECTIONS, MODES, (10_000, 100_000, 200_000), 2.0, overhead_repeat=3)
 QUICK = Plan((40, 200), ("250KB",), COLLECTIONS, MODES, (2_000, 10_000), 0.6)
 SMOKE = Plan((3, 6), ("60KB",), COLLECTIONS, MODES, (500,), 0.3, fresh_cluster=False)
-FULL = dataclasses.replace(FULL, host_memory=HostMemoryPart())
-QUICK = dataclasses.replace(QUICK, host_memory=HostMemoryPart(mb=50.0, sweep=(1, 4), sweep_modes=("host", "process"), rounds=1))
+FULL = dataclasses.replace(FULL, host_memory=HostMemoryPart(), repeat=RepeatPart())
+QUICK = dataclasses.replace(
+    QUICK,
+    host_memory=HostMemoryPart(mb=50.0, sweep=(1, 4), sweep_modes=("host", "process"), rounds=1),
+    repeat=RepeatPart(sizes=(20.0,), computations=4, chunks=8, collections=("array",)),
+)
 
 
 @dataclass(frozen=True)
@@ -609,6 +618,10 @@ def run(plan: Plan, out: Path, progress: Callable[[str], None]) -> Path:
         section = plan.host_memory.run(out, progress)
         with report.open("a") as f:
             f.write(f"\n## One copy per host: share=\"host\"\n\n{section}")
+    if plan.repeat is not None:  # its own files: repeat.csv, repeat.md, repeat.png
+        section = plan.repeat.run(out, progress)
+        with report.open("a") as f:
+            f.write(f"\n## The same object, computation after computation\n\n{section}\n")
     return report
 
 

@@ -203,8 +203,11 @@ def test_bench_choices_are_the_suites():
     assert choices == {"modes": suite.MODES, "collections": suite.COLLECTIONS, "sizes": tuple(suite.SIZES)}
 
 
-@pytest.mark.parametrize("flags, host_part", [((), True), (("--no-host-memory",), False)])
-def test_bench_skips_the_host_part_when_asked(monkeypatch, tmp_path, flags, host_part):
+@pytest.mark.parametrize(
+    "flags, host_part, repeat_part",
+    [((), True, True), (("--no-host-memory",), False, True), (("--no-repeat",), True, False)],
+)
+def test_bench_skips_the_host_and_repeat_parts_when_asked(monkeypatch, tmp_path, flags, host_part, repeat_part):
     from click.testing import CliRunner
 
     from dedupgraph.benchmarks import suite
@@ -223,6 +226,7 @@ def test_bench_skips_the_host_part_when_asked(monkeypatch, tmp_path, flags, host
     assert result.exit_code == 0, result.output
     (plan,) = plans
     assert plan.collections == ("bag",) and (plan.host_memory is not None) is host_part
+    assert (plan.repeat is not None) is repeat_part
 
 
 def test_info_names_the_scheduler_preload_of_this_process():

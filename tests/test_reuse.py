@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import dask
@@ -10,6 +11,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from dask import delayed
+from dask.utils import format_bytes
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -191,6 +193,33 @@ def test_objects_shared_per_host_are_kept_and_reused_too(cluster, runs):
         (key,) = runs.runs
         assert key.startswith("dedup-host-Mapper-") and runs.runs == {key: 1}
         assert _kept_keys(cluster) == [key]
+
+
+def test_what_is_kept_shows_in_metrics_the_page_and_status(cluster, runs):
+    import urllib.request
+
+    from dedupgraph.tools.cli import format_status
+    from dedupgraph.tools.observe import on_scheduler
+
+    def get(path: str) -> str:
+        port = cluster.scheduler.http_server.port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+            return response.read().decode()
+
+    mapper = Mapper(rows=37_000)
+    with dedupgraph.enable(), Client(cluster, set_as_default=False) as client:
+        client.compute(_array(mapper)).result()
+        (key,) = runs.runs
+        nbytes = kept_for_reuse(cluster.scheduler).entries()[0].nbytes
+        metrics = get("/metrics")
+        assert re.search(r"^dedupgraph_kept_objects 1\.0$", metrics, flags=re.M), metrics
+        assert re.search(rf"^dedupgraph_kept_bytes {nbytes}\.0$", metrics, flags=re.M)
+        assert f"Kept for later computations (reuse-limit): 1, {format_bytes(nbytes)}." in get("/dedupgraph")
+        text = format_status("here", client.run_on_scheduler(on_scheduler))
+        assert f"kept for later computations: 1, {format_bytes(nbytes)}" in text
+        dedupgraph.forget(client)
+        assert "dedupgraph_kept_objects 0.0" in get("/metrics")
+        assert "kept for later computations: none" in format_status("here", client.run_on_scheduler(on_scheduler))
 
 
 def test_forget_without_a_client_says_what_it_needs():

@@ -29,3 +29,24 @@ def test_smallest_suite_writes_table_csv_and_plots(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     with (tmp_path / "overhead.csv").open() as f:
         assert {row["scenario"] for row in csv.DictReader(f)} == {"none", "shared", "distinct", "medium"}
+
+
+def test_the_repeat_part_runs_at_its_smallest(tmp_path):
+    from dedupgraph.benchmarks.repeat import MODES as REPEAT_MODES, Part
+
+    lines: list[str] = []
+    table = Part(sizes=(2.0,), computations=3, chunks=4, workers=1, collections=("array",)).run(tmp_path, lines.append)
+    with (tmp_path / "repeat.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["mode"], r["number"]) for r in rows] == [(m, str(n)) for m in REPEAT_MODES for n in (1, 2, 3)]
+    assert all(r["correct"] == "True" for r in rows)
+    object_bytes = 2 * 2**20
+    later = {r["mode"]: int(r["sent_bytes"]) for r in rows if r["number"] == "3"}
+    assert later["plain"] > 0.9 * object_bytes  # the object travels with every graph
+    assert later["scatter-once"] < 0.05 * object_bytes  # only the reference does
+    first_scatter = next(int(r["sent_bytes"]) for r in rows if r["mode"] == "scatter-once")
+    assert first_scatter > 0.9 * object_bytes  # the scatter, counted in the first computation
+    assert len(lines) == len(REPEAT_MODES) and all(f"| {mode} |" in table for mode in REPEAT_MODES)
+    assert (tmp_path / "repeat.md").read_text().strip() == table
+    png = tmp_path / "repeat.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -330,7 +330,8 @@ def mutation_text(changed: list[Mutation]) -> str:
 @click.option("--sizes", multiple=True, type=click.Choice(["tiny", "8KB", "16KB", "32KB", "60KB", "250KB", "2MB"]), help="Only these object sizes (repeatable); tiny: the floor, a chunk with nothing large.")
 @click.option("--chunks", multiple=True, type=click.IntRange(min=1), help="Chunk counts instead of the plan's (repeatable).")
 @click.option("--no-overhead", is_flag=True, help="Skip the second part, the pass's time against dask's optimize.")
-@click.option("--no-host-memory", is_flag=True, help='Skip the last part, one copy per host (share="host").')
+@click.option("--no-host-memory", is_flag=True, help='Skip the part on one copy per host (share="host").')
+@click.option("--no-repeat", is_flag=True, help="Skip the last part, one object in computation after computation.")
 def bench(
     quick: bool,
     output: Path,
@@ -340,6 +341,7 @@ def bench(
     chunks: tuple[int, ...],
     no_overhead: bool,
     no_host_memory: bool,
+    no_repeat: bool,
 ) -> None:
     """Compare plain dask, dedupgraph and the manual fixes: memory, time and payload, with plots."""
     import dataclasses
@@ -353,6 +355,8 @@ def bench(
         plan = dataclasses.replace(plan, overhead_tasks=())
     if no_host_memory:
         plan = dataclasses.replace(plan, host_memory=None)
+    if no_repeat:
+        plan = dataclasses.replace(plan, repeat=None)
     if len(plan.chunks) < 2:
         raise click.BadParameter("give at least two chunk counts: growth per chunk is measured between them", param_hint="--chunks")
     report = suite.run(plan, output, lambda line: click.echo(line, err=True))

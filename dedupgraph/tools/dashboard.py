@@ -105,6 +105,9 @@ def render(now: Snapshot) -> str:
     else:
         parts.append(f"<p>The scheduler route is off: {_e(now.problem or 'not switched on')}.</p>")
     parts.append(_held_table(now.held))
+    if now.route:
+        kept = f"{len(now.kept)}, {format_bytes(now.kept_bytes)}" if now.kept else "none"
+        parts.append(f"<p>Kept for later computations (reuse-limit): {_e(kept)}.</p>")
     parts.append(_totals(now))
     parts.append(_graphs_table(now.graphs))
     parts.append("</body></html>")

@@ -101,6 +101,7 @@ class SchedulerCollector(Collector):
 
         totals: list[Totals] = []
         held: list[HeldObject] = []
+        kept_objects = kept_bytes = 0
         for scheduler in list(self.schedulers):
             if scheduler.status != Status.running:
                 continue
@@ -108,6 +109,8 @@ class SchedulerCollector(Collector):
             if now.route:
                 totals.append(now.totals)
                 held.extend(now.held)
+                kept_objects += len(now.kept)
+                kept_bytes += now.kept_bytes
         yield CounterMetricFamily(
             "dedupgraph_graphs_seen", "Graphs the scheduler route received", value=sum(t.graphs_seen for t in totals)
         )
@@ -152,6 +155,12 @@ class SchedulerCollector(Collector):
                 "dedupgraph_held_bytes", "Size of the hoisted objects in memory now, one copy each, in bytes", labels=["type"]
             ),
             bytes_by_type,
+        )
+        yield GaugeMetricFamily(
+            "dedupgraph_kept_objects", "Hoisted objects the scheduler keeps for later computations (reuse-limit)", value=kept_objects
+        )
+        yield GaugeMetricFamily(
+            "dedupgraph_kept_bytes", "Pickled size of the objects kept for later computations, summed, in bytes", value=kept_bytes
         )
 
 

@@ -119,7 +119,7 @@ class _RoutePlugin(SchedulerPlugin):
         if keep:
             self.scheduler.client_desires_keys(keys=keep, client=KEEPER)
         release = [key for key in release if key in self.scheduler.tasks]
-        if release:
+        if release and KEEPER in self.scheduler.clients:  # it exists once it has wanted a key
             self.scheduler.client_releases_keys(keys=release, client=KEEPER, stimulus_id="dedupgraph-reuse-released")
             logger.debug("dedupgraph: let go of %d kept object(s)", len(release))
 
