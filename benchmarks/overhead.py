@@ -5,6 +5,7 @@
     python -m dedupgraph.benchmarks.overhead --graph issue --tasks 60000 --repeat 7
     python -m dedupgraph.benchmarks.overhead --memory               # 1,000,000 tasks
     python -m dedupgraph.benchmarks.overhead --memory --tasks 10000 --distinct
+    python -m dedupgraph.benchmarks.overhead --client --tasks 60000 --repeat 7
 
 The default graph is ``(zeros.map_blocks(f, obj) + 1).sum()`` over
 ``chunks=(1, 10)``, sized so that the unoptimized graph has about
@@ -49,6 +50,15 @@ tasks (default 1,000,000) that all carry one 100 KB object (with
 ``--distinct``, equal but distinct copies of it, each pickled once), what it
 takes, the peak the pass adds beyond it while it runs, and what the new graph
 keeps after it (the rewritten tasks).
+
+``--client`` measures the client side of reuse across computations instead
+(``dedupgraph.routes.distributed.uploads``): the CPU time to pickle the
+expression of a ``delayed`` graph of ``--tasks`` tasks and of the default
+graph (``shared``) as distributed does (``serialize(to_serialize(expr))``)
+against ``pickle_sparing``, interleaved, medians of ``--repeat``: with a kept
+object of a type the graph does not carry (what every graph pays while the
+scheduler keeps something for the client), and with the graph's own shared
+object kept (fingerprinted once, then left out).
 """
 
 from __future__ import annotations
@@ -275,6 +285,45 @@ def pass_memory(tasks: int, distinct: bool) -> dict[str, float]:
     }
 
 
+def _inc(x: int, i: int) -> int:
+    return x + i
+
+
+def client_pickling(tasks: int, repeat: int) -> list[dict[str, Any]]:
+    """The ``--client`` measurement: one row per graph, CPU seconds per way of pickling it (medians)."""
+    import dask
+    from dask.base import collections_to_expr
+    from distributed.protocol import serialize, to_serialize
+
+    from dedupgraph.core.fingerprint import content_fingerprint
+    from dedupgraph.core.plan import hoisted_key
+    from dedupgraph.routes.distributed.uploads import outline, pickle_sparing
+
+    mapper = Mapper()
+    graphs = {
+        f"delayed, {tasks} tasks": collections_to_expr([dask.delayed(sum)([dask.delayed(_inc)(i, i) for i in range(tasks)])]),
+        f"array, {tasks} tasks, one shared Mapper": collections_to_expr([build("shared", tasks)]),
+    }
+    absent = {("Absent", ""): {"dedup-Absent-" + "0" * 32}}
+    own = {("Mapper", outline(mapper)): {hoisted_key(content_fingerprint(mapper))}}
+    ways: dict[str, Callable[[Any], Any]] = {
+        "distributed": lambda expr: serialize(to_serialize(expr), on_error="raise"),
+        "sparing, kept type absent": lambda expr: pickle_sparing(expr, absent),
+        "sparing, own object kept": lambda expr: pickle_sparing(expr, own),
+    }
+    rows = []
+    for name, expr in graphs.items():
+        times: dict[str, list[float]] = {way: [] for way in ways}
+        for _ in range(repeat):
+            for way, pickle_it in ways.items():
+                gc.collect()
+                started = time.process_time()
+                pickle_it(expr)
+                times[way].append(time.process_time() - started)
+        rows.append({"graph": name, **{way: statistics.median(t) for way, t in times.items()}})
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=None, help="default: 60000; with --memory, 1000000")
@@ -283,7 +332,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory", action="store_true", help="the memory the pass holds, not its time")
     parser.add_argument("--distinct", action="store_true", help="with --memory: equal but distinct objects in every task")
+    parser.add_argument("--client", action="store_true", help="the client's pickling while the scheduler keeps objects")
     args = parser.parse_args(argv)
+    if args.client:
+        print("| graph | distributed (s) | sparing, kept type absent (s) | sparing, own object kept (s) |")
+        print("|---|---|---|---|")
+        for n in args.tasks or [60_000]:
+            for r in client_pickling(n, args.repeat):
+                print(
+                    f"| {r['graph']} | {r['distributed']:.3f} | {r['sparing, kept type absent']:.3f} | "
+                    f"{r['sparing, own object kept']:.3f} |"
+                )
+        return
     if args.memory:
         print("| tasks | graph (MB) | pass peak beyond the graph (MB) | new tasks kept (MB) | hoisted keys |")
         print("|---|---|---|---|---|")

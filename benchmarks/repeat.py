@@ -4,11 +4,15 @@
     python -m dedupgraph.benchmarks.repeat --mb 20 --computations 5 --collections array
     dedupgraph bench --output results/                              # a part of the suite
 
-One object (a ``Mapper`` holding an int64 Series of ``--mb`` megabytes) is
-used by every task of ``--computations`` successive computations, each a
+One object is used by every task of ``--computations`` successive computations, each a
 fresh collection of ``--chunks`` tasks (``map_blocks`` over an array,
 ``map_partitions`` over a DataFrame) reduced to one number on a
-``LocalCluster`` of ``--workers`` worker processes x 1 thread.  Each mode on
+``LocalCluster`` of ``--workers`` worker processes x 1 thread.  Two kinds of
+object (``--kinds``): ``series``, a ``Mapper`` holding an int64 Series of
+``--mb`` megabytes, whose values travel as one out-of-band buffer (cheap to
+unpickle); ``python``, a ``Table`` holding a dict of Python ints by string
+keys, ``--python-mb`` megabytes pickled, which a worker takes about half a
+second per 14 MB to unpickle (a model made of Python objects).  Each mode on
 a fresh cluster:
 
 - ``plain``: dask's default;
@@ -59,17 +63,37 @@ from .seed import Mapper
 
 MODES = ("plain", "dedup", "dedup-reuse", "scatter-once")
 COLLECTIONS = ("array", "dataframe")
+KINDS = ("series", "python")
 TASK_SLEEP_S = 0.05  # a little work per task, so that tasks spread over the workers
+TABLE_ITEM_BYTES = 14.8  # pickled bytes per entry of a Table's dict
 
 
-def block_fn(block: np.ndarray, mapper: Mapper) -> np.ndarray:
+class Table:
+    """An object slow to unpickle: a dict of ``rows`` Python ints by string keys."""
+
+    def __init__(self, rows: int) -> None:
+        self.d = {f"k{i}": i for i in range(rows)}
+
+
+def make_object(kind: str, mb: float) -> Mapper | Table:
+    if kind == "series":
+        return Mapper(rows=int(mb * 2**20 / 8))
+    return Table(rows=int(mb * 2**20 / TABLE_ITEM_BYTES))
+
+
+def last(obj: Mapper | Table) -> int:
+    """What the tasks read from the object: its last value."""
+    return len(obj.d) - 1 if isinstance(obj, Table) else int(obj.s.iloc[-1])
+
+
+def block_fn(block: np.ndarray, obj: Mapper | Table) -> np.ndarray:
     time.sleep(TASK_SLEEP_S)
-    return block + int(mapper.s.iloc[-1])
+    return block + last(obj)
 
 
-def frame_fn(part: pd.DataFrame, mapper: Mapper) -> pd.DataFrame:
+def frame_fn(part: pd.DataFrame, obj: Mapper | Table) -> pd.DataFrame:
     time.sleep(TASK_SLEEP_S)
-    return part.assign(y=part.x + int(mapper.s.iloc[-1]))
+    return part.assign(y=part.x + last(obj))
 
 
 def build(collection: str, chunks: int, arg: Any) -> Any:
@@ -80,15 +104,16 @@ def build(collection: str, chunks: int, arg: Any) -> Any:
     return dd.from_pandas(frame, npartitions=chunks).map_partitions(frame_fn, arg, meta={"x": "i8", "y": "i8"}).y.sum()
 
 
-def expected(collection: str, chunks: int, mapper: Mapper) -> float:
-    last = int(mapper.s.iloc[-1])
-    return float(chunks * 10 * last) if collection == "array" else float(np.arange(chunks).sum() + chunks * last)
+def expected(collection: str, chunks: int, obj: Mapper | Table) -> float:
+    value = last(obj)
+    return float(chunks * 10 * value) if collection == "array" else float(np.arange(chunks).sum() + chunks * value)
 
 
 @dataclass(frozen=True)
 class Computation:
     mode: str
     collection: str
+    kind: str
     object_mb: float
     number: int  #: 1 for the first
     sent_bytes: int  #: what the client sent for it (see the module's doc)
@@ -123,8 +148,12 @@ class SentGraphs:
 @contextlib.contextmanager
 def cluster(mode: str, workers: int) -> Iterator[Client]:
     """A fresh cluster for ``mode``: started after ``enable()`` in the dedup modes, so it runs the scheduler route."""
-    switched = {"dedup": dedupgraph.enable(reuse_limit=0), "dedup-reuse": dedupgraph.enable()}.get(mode)
-    with switched or contextlib.nullcontext():
+    switched = (
+        dedupgraph.enable(reuse_limit=0) if mode == "dedup"
+        else dedupgraph.enable() if mode == "dedup-reuse"
+        else contextlib.nullcontext()  # plain and scatter-once: dask as it is
+    )
+    with switched:
         with LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
             memory_limit="5GiB", silence_logs=logging.CRITICAL,
@@ -132,8 +161,8 @@ def cluster(mode: str, workers: int) -> Iterator[Client]:
             yield client
 
 
-def run_series(mode: str, collection: str, mb: float, computations: int, chunks: int, workers: int) -> Series:
-    mapper = Mapper(rows=int(mb * 2**20 / 8))
+def run_series(mode: str, collection: str, kind: str, mb: float, computations: int, chunks: int, workers: int) -> Series:
+    mapper = make_object(kind, mb)
     want = expected(collection, chunks, mapper)
     rows = []
     with cluster(mode, workers) as client, warnings.catch_warnings():
@@ -154,7 +183,7 @@ def run_series(mode: str, collection: str, mb: float, computations: int, chunks:
                 value = client.compute(coll).result()
                 wall = time.perf_counter() - started
                 rows.append(Computation(
-                    mode, collection, mb, number, sent.total - before + (upload if number == 1 else 0), wall,
+                    mode, collection, kind, mb, number, sent.total - before + (upload if number == 1 else 0), wall,
                     bool(np.isclose(float(value), want)),
                 ))
                 del coll
@@ -163,16 +192,18 @@ def run_series(mode: str, collection: str, mb: float, computations: int, chunks:
 
 
 def run(sizes: Sequence[float], computations: int, chunks: int, workers: int, collections: Sequence[str],
-        modes: Sequence[str], progress: Callable[[str], None]) -> list[Series]:
+        modes: Sequence[str], progress: Callable[[str], None], kinds: Sequence[str] = ("series",),
+        python_mb: float = 20.0) -> list[Series]:
     out = []
+    objects = [(kind, mb) for kind in kinds for mb in (sizes if kind == "series" else [python_mb])]
     for collection in collections:
-        for mb in sizes:
+        for kind, mb in objects:
             for mode in modes:
-                series = run_series(mode, collection, mb, computations, chunks, workers)
+                series = run_series(mode, collection, kind, mb, computations, chunks, workers)
                 out.append(series)
                 later = series.computations[1:] or series.computations
                 progress(
-                    f"repeat {collection:9} {mb:6.0f} MB {mode:12}: sent {statistics.median(c.sent_bytes for c in later) / 2**20:9.3f} MB"
+                    f"repeat {collection:9} {kind:6} {mb:6.0f} MB {mode:12}: sent {statistics.median(c.sent_bytes for c in later) / 2**20:9.3f} MB"
                     f" and {statistics.median(c.wall_s for c in later):6.2f} s per later computation, peak {series.peak_mb:7.0f} MB"
                 )
     return out
@@ -181,7 +212,7 @@ def run(sizes: Sequence[float], computations: int, chunks: int, workers: int, co
 def markdown(all_series: Sequence[Series]) -> str:
     """One row per collection, size and mode: the first computation, the later ones (medians), the peak."""
     lines = [
-        "| collection | object (MB) | mode | sent, 1st (MB) | sent, later (MB, median) | sent, later / object | "
+        "| collection | object | mode | sent, 1st (MB) | sent, later (MB, median) | sent, later / object | "
         "wall, 1st (s) | wall, later (s, median) | peak cluster memory (MB) | results |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -190,7 +221,7 @@ def markdown(all_series: Sequence[Series]) -> str:
         sent_later = statistics.median(c.sent_bytes for c in later)
         mb = first.object_mb * 2**20
         lines.append(
-            f"| {first.collection} | {first.object_mb:.0f} | {first.mode} | {first.sent_bytes / 2**20:.3f} | "
+            f"| {first.collection} | {first.kind}, {first.object_mb:.0f} MB | {first.mode} | {first.sent_bytes / 2**20:.3f} | "
             f"{sent_later / 2**20:.3f} | {sent_later / mb:.2%} | {first.wall_s:.2f} | "
             f"{statistics.median(c.wall_s for c in later):.2f} | {series.peak_mb:.0f} | "
             f"{'all correct' if all(c.correct for c in series.computations) else 'WRONG'} |"
@@ -204,17 +235,17 @@ def plot(all_series: Sequence[Series], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(s.computations[0].collection, s.computations[0].object_mb) for s in all_series})
+    panels = sorted({(s.computations[0].collection, s.computations[0].kind, s.computations[0].object_mb) for s in all_series})
     fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
-    for column, (collection, mb) in enumerate(panels):
+    for column, (collection, kind, mb) in enumerate(panels):
         for series in all_series:
             c0 = series.computations[0]
-            if (c0.collection, c0.object_mb) != (collection, mb):
+            if (c0.collection, c0.kind, c0.object_mb) != (collection, kind, mb):
                 continue
             numbers = [c.number for c in series.computations]
             axes[0][column].plot(numbers, [c.sent_bytes / 2**20 for c in series.computations], marker=".", label=c0.mode)
             axes[1][column].plot(numbers, [c.wall_s for c in series.computations], marker=".", label=c0.mode)
-        axes[0][column].set_title(f"{collection}, {mb:.0f} MB object")
+        axes[0][column].set_title(f"{collection}, {kind} object, {mb:.0f} MB")
         axes[0][column].set_ylabel("MB the client sent")
         axes[1][column].set_ylabel("wall time (s)")
         axes[1][column].set_xlabel("computation")
@@ -235,10 +266,15 @@ class Part:
     workers: int = 4
     collections: tuple[str, ...] = COLLECTIONS
     modes: tuple[str, ...] = MODES
+    kinds: tuple[str, ...] = KINDS
+    python_mb: float = 20.0
 
     def run(self, out: Path, progress: Callable[[str], None]) -> str:
         """Measure, write ``repeat.csv``, ``repeat.md`` and ``repeat.png`` into ``out``; the markdown table."""
-        all_series = run(self.sizes, self.computations, self.chunks, self.workers, self.collections, self.modes, progress)
+        all_series = run(
+            self.sizes, self.computations, self.chunks, self.workers, self.collections, self.modes, progress,
+            self.kinds, self.python_mb,
+        )
         with (out / "repeat.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             names = [field.name for field in dataclasses.fields(Computation)]
@@ -253,7 +289,9 @@ class Part:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dedupgraph.benchmarks.repeat", description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, nargs="+", default=[50.0, 200.0], help="object sizes (MB of Series values)")
+    parser.add_argument("--mb", type=float, nargs="+", default=[50.0, 200.0], help="series object sizes (MB of Series values)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--python-mb", type=float, default=20.0, help="the python object's pickled size (MB)")
     parser.add_argument("--computations", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=16, help="tasks per computation")
     parser.add_argument("--workers", type=int, default=4)
@@ -262,7 +300,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    part = Part(tuple(args.mb), args.computations, args.chunks, args.workers, tuple(args.collections), tuple(args.modes))
+    part = Part(
+        tuple(args.mb), args.computations, args.chunks, args.workers, tuple(args.collections), tuple(args.modes),
+        tuple(args.kinds), args.python_mb,
+    )
     print(part.run(args.output, lambda line: print(line, flush=True)))
     print(f"written to {args.output}/")
 

@@ -112,7 +112,7 @@ FULL = dataclasses.replace(FULL, host_memory=HostMemoryPart(), repeat=RepeatPart
 QUICK = dataclasses.replace(
     QUICK,
     host_memory=HostMemoryPart(mb=50.0, sweep=(1, 4), sweep_modes=("host", "process"), rounds=1),
-    repeat=RepeatPart(sizes=(20.0,), computations=4, chunks=8, collections=("array",)),
+    repeat=RepeatPart(sizes=(20.0,), computations=4, chunks=8, collections=("array",), python_mb=5.0),
 )
 
 

@@ -114,8 +114,9 @@ class Settings:
     per function and process): a check to run before production.
     ``reuse_limit``: on distributed, how much of its hoisted objects a
     scheduler keeps after a computation, for later ones to reuse by content: a
-    fraction (``0 < f <= 1``) of the smallest worker's memory limit, or a byte
-    size of at least 1 MiB; ``0``: nothing kept.
+    fraction (``0 < f <= 1``) of the smallest worker's memory limit or of the
+    scheduler's memory, whichever is smaller, or a byte size of at least 1 MiB;
+    ``0``: nothing kept.
     """
 
     min_bytes: int | None = None
@@ -374,7 +375,8 @@ def _check_reuse_limit(value: object) -> None:
     _check_fraction_or_size(
         "reuse-limit",
         value,
-        "dedupgraph setting 'reuse-limit' must be a fraction of the smallest worker's memory limit, "
+        "dedupgraph setting 'reuse-limit' must be a fraction of the smallest worker's memory limit "
+        "(or of the scheduler's memory, if smaller), "
         f"0 < f <= 1 (like 0.1 or '10%'), a byte size of at least {SHARE_LIMIT_MIN_BYTES} bytes "
         f"(like '4 GiB'), or 0 to keep nothing, got {value!r}",
         zero=True,

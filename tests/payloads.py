@@ -14,6 +14,7 @@ import dask.bag as db
 import pandas as pd
 from dask import delayed
 from dask.base import collections_to_expr
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from dedupgraph.core.pipeline import task_graph
 
@@ -171,3 +172,19 @@ CASES = {
     .map_partitions(lambda part, mm: [len(mm.s) + p for p in part], m)
     .sum(),
 }
+
+
+class HoistedRuns(SchedulerPlugin):
+    """A scheduler plugin that counts, per hoisted key, how often a worker produced it.
+
+    Each time is one shipping and one unpickling of the object on a worker.
+    """
+
+    name = "hoisted-runs"
+
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+
+    def transition(self, key, start, finish, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        if finish == "memory" and isinstance(key, str) and key.startswith("dedup-"):
+            self.runs[key] = self.runs.get(key, 0) + 1

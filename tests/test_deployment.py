@@ -229,6 +229,42 @@ def test_a_later_computation_reuses_the_object_the_scheduler_kept(deployment):
     assert found["copies"] <= 3
 
 
+SPARED = COMMON + """
+    import pickle
+
+    client = Client(scheduler_file=sys.argv[1])
+    client.wait_for_workers(2, timeout=60)
+    sent = []
+    send = client._send_to_scheduler
+
+    def counted(msg):
+        if msg.get("op") == "update-graph":
+            sent.append(sum(memoryview(f).nbytes for f in msg["expr_ser"].frames))
+        send(msg)
+
+    client._send_to_scheduler = counted
+    mapper = Mapper(2**18)  # 2 MiB pickled: a kept object the scheduler offers to leave out
+    report = {"object": len(pickle.dumps(mapper, protocol=5)), "graphs": [], "same": []}
+    for start in (7000, 8000, 9000):
+        out = persisted(client, frame(start).map_partitions(with_len, mapper))
+        report["graphs"].append(sent[-1])
+        report["same"].append(same(client, out, start, 2**18))
+        del out
+        deadline = time.monotonic() + 60
+        while not client._graph_to_futures.offer.kept and time.monotonic() < deadline:
+            time.sleep(0.02)  # the scheduler says what it keeps, on the client's event loop
+    print(json.dumps(report))
+"""
+
+
+def test_a_later_graph_leaves_out_the_object_the_scheduler_kept(deployment):
+    found = run_client(SPARED, deployment)
+    assert found["same"] == [True, True, True]
+    first, *later = found["graphs"]
+    assert first > found["object"]
+    assert all(nbytes < 0.01 * found["object"] for nbytes in later), found
+
+
 KILL = COMMON + """
     client = Client(scheduler_file=sys.argv[1])
     client.wait_for_workers(2, timeout=60)

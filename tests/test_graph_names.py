@@ -20,6 +20,7 @@ import dask
 import dask.array as da
 import dask.bag as db
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 import pytest
 from dask._task_spec import _execute_subgraph
@@ -32,7 +33,10 @@ import dedupgraph
 from dedupgraph.core.pipeline import deduplicate_graph
 from dedupgraph.core.runtime import call_guarded
 from dedupgraph.placement import host, in_graph
+from dedupgraph.core.fingerprint import content_fingerprint
+from dedupgraph.core.plan import hoisted_key
 from dedupgraph.routes.distributed.client import probe
+from dedupgraph.routes.distributed.uploads import Prepickled, outline, pickle_sparing
 from dedupgraph.tools.metrics import WorkerMetrics
 from dedupgraph.tools.observe import on_scheduler
 from dedupgraph.settings import Settings
@@ -45,6 +49,9 @@ class Recorder(pickle.Unpickler):
     def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data))
         self.names: set[str] = set()
+
+    def persistent_load(self, pid):  # noqa: ANN001, ANN201  (a kept object left out: not ours to load)
+        return pid
 
     def find_class(self, module: str, name: str):  # noqa: ANN201
         if module.split(".")[0] == "dedupgraph":
@@ -137,6 +144,19 @@ def test_every_name_a_graph_refers_to_is_documented_and_every_documented_one_is_
         df = dd.from_pandas(pd.DataFrame({"a": range(8)}), npartitions=4).map_partitions(lambda p, t: p + len(t), TABLE)
         (frame,) = dedupgraph.deduplicate(df, client=client)
         seen |= names_in(frame.expr)
+    # a later graph without the objects the scheduler keeps: pickled by the client itself, and
+    # distributed pickles what stands for the expression
+    big = np.arange(2**18)  # kept objects smaller than SPARE_MIN_BYTES are not left out
+    y = da.ones((8, 4), chunks=(1, 4)).map_blocks(add_len, big)
+    with dedupgraph.enable():
+        expr = collections_to_expr([y])
+    pickled = pickle_sparing(expr, {("ndarray", outline(big)): {hoisted_key(content_fingerprint(big))}})
+    assert pickled.spared
+    recorder = Recorder(pickle.dumps(Prepickled("token", pickled), protocol=5))
+    with pytest.raises(RuntimeError, match="holds no reservation"):  # unpickled away from a scheduler
+        recorder.load()
+    seen |= recorder.names
+    seen |= names_of(pickled.payload)  # what the expression itself names (the pass it carries)
     seen |= {f"{probe.__module__}.{probe.__name__}"}  # pickled by the client preload itself
     seen |= names_in(on_scheduler)  # pickled by dedupgraph status
     seen |= names_of(dumps(WorkerMetrics()))  # pickled by the scheduler for each worker

@@ -39,6 +39,15 @@ def test_command_line_prints_a_row_per_scenario():
     assert {line.split("|")[1].strip() for line in out.splitlines()[2:]} == set(SCENARIOS)
 
 
+def test_the_client_pickling_measure_times_each_way_on_each_graph():
+    from dedupgraph.benchmarks.overhead import client_pickling
+
+    rows = client_pickling(200, repeat=1)
+    assert [row["graph"] for row in rows] == ["delayed, 200 tasks", "array, 200 tasks, one shared Mapper"]
+    ways = ("distributed", "sparing, kept type absent", "sparing, own object kept")
+    assert all(row[way] > 0 for row in rows for way in ways)
+
+
 @pytest.mark.parametrize("scenario", ["none", "shared"])
 def test_the_scheduler_routes_own_work_is_timed_by_the_benchmark_alone(scenario):
     # the route keeps no accounts: the benchmark times what is not the route's

@@ -13,28 +13,14 @@ import pytest
 from dask import delayed
 from dask.utils import format_bytes
 from distributed import Client, LocalCluster
-from distributed.diagnostics.plugin import SchedulerPlugin
 
 import dedupgraph
 from dedupgraph.routes.distributed.plugin import kept_for_reuse
 from dedupgraph.routes.distributed.reuse import KEEPER
 
-from payloads import Mapper, uses_mapper
+from payloads import HoistedRuns, Mapper, uses_mapper
 
 DEADLINE = 120  # seconds: generous, for a loaded machine
-
-
-class HoistedRuns(SchedulerPlugin):
-    """Counts, per hoisted key, how often a worker produced it (each time: the object shipped and unpickled)."""
-
-    name = "hoisted-runs"
-
-    def __init__(self) -> None:
-        self.runs: dict[str, int] = {}
-
-    def transition(self, key, start, finish, *args, **kwargs):
-        if finish == "memory" and isinstance(key, str) and key.startswith("dedup-"):
-            self.runs[key] = self.runs.get(key, 0) + 1
 
 
 def _poll(condition, what: str) -> None:

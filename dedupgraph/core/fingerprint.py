@@ -132,6 +132,17 @@ class FingerprintMemo:
         self._seen[id(value)] = (value, fp, reason)
         return fp
 
+    def seed(self, value: Any, fp: Fingerprint) -> None:
+        """Take ``fp`` as ``value``'s fingerprint, known from an earlier pass over this very object.
+
+        >>> memo, table = FingerprintMemo(min_bytes=1024), list(range(10_000))
+        >>> memo.seed(table, content_fingerprint(table))
+        >>> memo.fingerprint(table) == content_fingerprint(table), memo.pickled
+        (True, 0)
+        """
+        self._seen[id(value)] = (value, fp, None)
+        self._owners.setdefault(fp.digest, []).append([value, None])
+
     def why_inline(self, value: Any) -> str | None:
         """``SMALL``, ``EXCLUDED`` or ``UNPICKLABLE`` for a value without a fingerprint, else None."""
         if is_obviously_small(value, self.min_bytes):

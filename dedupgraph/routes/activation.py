@@ -48,7 +48,9 @@ def enable(**settings: Any) -> ConfigChange:
     distributed they travel with the graph to the scheduler.  A
     ``LocalCluster`` started afterwards in this process runs the scheduler
     route too (``dedupgraph.scheduler`` becomes a scheduler preload), which
-    covers DataFrames and array-expr arrays.
+    covers DataFrames and array-expr arrays, and a ``Client`` created
+    afterwards runs the client side (``dedupgraph.preload``: it checks the
+    cluster, and leaves out of later graphs the objects the scheduler keeps).
 
     The configuration is the process's, as every ``dask.config.set``: switch
     the pass on once, before starting threads that compute, not in each of
@@ -85,8 +87,9 @@ def _switched_on(optimizers: Mapping[str, Deduplicator], settings: Mapping[str, 
     written = {f"dedupgraph.{name.replace('_', '-')}" for name in settings}
     config = {k: v for k, v in chosen.as_config().items() if k in written}
     preloads = with_preload(dask.config.get(SCHEDULER_PRELOADS_KEY, None), SCHEDULER_PRELOAD)
+    clients = with_preload(dask.config.get(CLIENT_PRELOADS_KEY, None), CLIENT_PRELOAD)
     quiet_preload_lines()
-    return ConfigChange({**optimizers, **config, SCHEDULER_PRELOADS_KEY: preloads})
+    return ConfigChange({**optimizers, **config, SCHEDULER_PRELOADS_KEY: preloads, CLIENT_PRELOADS_KEY: clients})
 
 
 def disable() -> ConfigChange:
@@ -98,17 +101,18 @@ def disable() -> ConfigChange:
 
     The key is set to the wrapped base rather than to ``None``: for arrays and
     bags a falsy value means "do not optimize at all".  Schedulers started
-    afterwards in this process no longer get the scheduler route (running
-    ones keep it).  As a context manager, the keys it changed come back on exit.
+    afterwards in this process no longer get the scheduler route, nor new
+    Clients the client side (running ones keep them).  As a context manager, the keys it changed come back on exit.
     """
     restored: dict[str, Any] = {}
     for key in OPTIMIZER_KEYS:
         current = dask.config.get(key, default=None)
         if isinstance(current, Deduplicator):
             restored[key] = current.base
-    preloads = preload_list(dask.config.get(SCHEDULER_PRELOADS_KEY, None))
-    if SCHEDULER_PRELOAD in preloads:
-        restored[SCHEDULER_PRELOADS_KEY] = [p for p in preloads if p != SCHEDULER_PRELOAD]
+    for key, ours in ((SCHEDULER_PRELOADS_KEY, SCHEDULER_PRELOAD), (CLIENT_PRELOADS_KEY, CLIENT_PRELOAD)):
+        preloads = preload_list(dask.config.get(key, None))
+        if ours in preloads:
+            restored[key] = [p for p in preloads if p != ours]
     return ConfigChange(restored)
 
 

@@ -229,7 +229,7 @@ def info_text() -> str:
         lines.append(
             "client preload: dedupgraph.preload, which switches the pass on at each new Client "
             "whose scheduler can import dedupgraph, and sends this process's settings with each graph "
-            "to a scheduler that runs the scheduler route"
+            "to a scheduler that runs the scheduler route (leaving out the large objects it keeps)"
         )
     if st.scheduler_route:
         lines.append(

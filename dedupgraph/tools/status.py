@@ -29,7 +29,7 @@ class Status:
     >>> from dedupgraph.routes.activation import enable
     >>> with enable():
     ...     status()
-    Status(on=('array', 'delayed', 'bag'), routes=('config',), preload=False, environment_failed=False, scheduler_route=True)
+    Status(on=('array', 'delayed', 'bag'), routes=('config',), preload=True, environment_failed=False, scheduler_route=True)
     """
 
     on: tuple[str, ...]  #: collections whose optimizer is a dedupgraph pass

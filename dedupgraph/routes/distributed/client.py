@@ -44,6 +44,7 @@ from dedupgraph.core.optimizers import dask_optimizer
 from dedupgraph.once import Once
 from dedupgraph.routes.activation import OPTIMIZER_KEYS, switch_on
 from dedupgraph.routes.config import INVALID_OUTCOME, Deduplicator
+from dedupgraph.routes.distributed.uploads import OFFER_OP, RESERVE_OP, Offer, Prepickled, pickle_sparing
 from dedupgraph.routes.distributed.wire import FIELD, PLAIN, to_wire
 from dedupgraph.settings import Settings, warn_invalid
 from dedupgraph.version import __version__
@@ -61,6 +62,10 @@ _no_route_told = Once()
 # client -> whether its scheduler imports dedupgraph; weak, so it holds no
 # client alive and holds at most the clients that exist.
 _checked: weakref.WeakKeyDictionary[Client, bool] = weakref.WeakKeyDictionary()
+
+# A scheduler that does not answer a reservation within this long gets the
+# objects instead: the graph must not wait on a saving.
+RESERVE_TIMEOUT_S = 30
 
 
 async def dask_setup(client: Client) -> None:
@@ -288,8 +293,22 @@ def attach(client: Client, confirm: Confirm) -> bool:
     if not callable(send):
         logger.debug("dedupgraph: Client._send_to_scheduler is missing; the scheduler's own settings apply")
         return False
-    client._send_to_scheduler = _SettingsCarrier(client, send, confirm)  # type: ignore[method-assign]
+    carrier = _SettingsCarrier(client, send, confirm)
+    client._send_to_scheduler = carrier  # type: ignore[method-assign]
+    _spare_kept_objects(client, carrier)
     return True
+
+
+def _spare_kept_objects(client: Client, carrier: _SettingsCarrier) -> None:
+    # graphs leave out what the scheduler keeps, once it has said what (see uploads)
+    to_futures = getattr(type(client), "_graph_to_futures", None)
+    handlers = getattr(client, "_stream_handlers", None)
+    if not callable(to_futures) or not isinstance(handlers, dict):
+        logger.debug("dedupgraph: this Client has no place to leave kept objects out; they travel")
+        return
+    uploads = _Uploads(client, to_futures, carrier)
+    handlers[OFFER_OP] = uploads.told
+    client._graph_to_futures = uploads  # type: ignore[method-assign]
 
 
 def attached(client: Client) -> bool:
@@ -339,3 +358,64 @@ def _settings_here() -> dict[str, Any]:
     except ValueError as e:
         warn_invalid(e, INVALID_OUTCOME)
         return dict(PLAIN)
+
+
+class _Uploads:
+    """Stands in for one client's ``_graph_to_futures``: leaves out of each graph what the scheduler keeps.
+
+    Not on the client's event loop (an asynchronous client): reserving needs
+    an answer from the scheduler before the graph goes, so there the objects
+    travel, and the scheduler still finds them kept (no worker unpickles them
+    again).
+    """
+
+    def __init__(self, client: Client, to_futures: Callable[..., Any], carrier: _SettingsCarrier) -> None:
+        self._client = weakref.ref(client)
+        self._to_futures = to_futures  # the class's function: no reference from here to the client
+        self._carrier = carrier
+        self.offer = Offer()
+        self._offered_on: Any = None  # the connection the offer came on: never another scheduler's
+
+    def told(self, objects: list[list[str]]) -> None:
+        """The scheduler's message (on the client's event loop): what it keeps now."""
+        client = self._client()
+        self._offered_on = None if client is None else client.scheduler_comm
+        self.offer.told(objects)
+
+    def __call__(self, expr: Any, *args: Any, **kwargs: Any) -> Any:
+        client = self._client()
+        if (
+            client is not None and self.offer.kept and not client.asynchronous
+            and self._offered_on is client.scheduler_comm
+            and self._carrier.confirmed is client.scheduler_comm  # the scheduler runs the route
+        ):
+            expr = self._spared(client, expr)
+        return self._to_futures(client, expr, *args, **kwargs)
+
+    def _spared(self, client: Client, expr: Any) -> Any:
+        try:
+            if not Settings.from_config().reuse_limit:
+                return expr
+        except ValueError:  # told by the settings carrier; the graph runs as plain dask
+            return expr
+        try:
+            pickled = pickle_sparing(expr, self.offer.kept)
+            if not pickled.spared:
+                return Prepickled(None, pickled)
+            answer = client.sync(reserve, client, list(pickled.spared), callback_timeout=RESERVE_TIMEOUT_S)
+            found = set(answer["found"])
+            if len(found) < len(pickled.spared):
+                self.offer.missing(set(pickled.spared) - found)
+                if not found:
+                    return Prepickled(None, pickle_sparing(expr, {}))
+                pickled = pickle_sparing(expr, {described: keys & found for described, keys in self.offer.kept.items()})
+            logger.debug("dedupgraph: left %d kept object(s) out of the graph", len(pickled.spared))
+            return Prepickled(answer["token"], pickled)
+        except Exception:  # the graph goes as it is: the objects travel
+            logger.debug("dedupgraph: could not leave kept objects out of the graph", exc_info=True)
+            return expr
+
+
+async def reserve(client: Client, keys: list[str]) -> dict[str, Any]:
+    """Ask ``client``'s scheduler to hold the kept objects of ``keys`` for the graph it sends next: its answer."""
+    return await getattr(client.scheduler, RESERVE_OP)(client=client.id, keys=keys)

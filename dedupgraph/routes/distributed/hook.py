@@ -84,6 +84,16 @@ def interception_problem() -> str | None:
     return None
 
 
+def current_handler() -> Handler | None:
+    """The route's handler of the submission this scheduler is taking in now, if any.
+
+    Set while ``update_graph`` deserializes and materializes that graph (see
+    :func:`wrap_update_graph`): what runs then, such as an object's
+    unpickling, learns which scheduler's submission it belongs to.
+    """
+    return _ACTIVE.get()
+
+
 def _materialize_graph(expr: Any, validate: bool) -> tuple[Graph, AnnotationsByType]:
     """``distributed.scheduler._materialize_graph``, through the route of the submitting scheduler, if any."""
     handler = _ACTIVE.get()

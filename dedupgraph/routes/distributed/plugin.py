@@ -34,6 +34,8 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -46,8 +48,9 @@ from dedupgraph.routes.distributed.hook import (
     wrap_update_graph,
 )
 from dedupgraph.routes.distributed.records import FAILED, SUBMISSION, GraphRecord, Observations
-from dedupgraph.routes.distributed.reuse import KEEPER, KeptObjects, limit_in_bytes
+from dedupgraph.routes.distributed.reuse import KEEPER, Content, KeptObjects, limit_in_bytes
 from dedupgraph.routes.distributed.submissions import Route, Submission
+from dedupgraph.routes.distributed.uploads import OFFER_OP, RESERVE_OP, SPARE_MIN_BYTES, outline
 from dedupgraph.routes.distributed.wire import FIELD
 from dedupgraph.settings import Settings, warn_invalid
 
@@ -57,6 +60,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dedupgraph")
 
 PLUGIN = "dedupgraph-route"
+# Reservations whose graph never came (the client failed between reserving and
+# sending) are dropped oldest first beyond this many; a graph takes its own at once.
+MAX_RESERVATIONS = 256
 
 _problem_told = Once()
 
@@ -82,6 +88,9 @@ class _RoutePlugin(SchedulerPlugin):
         self.observations = observations
         self.kept = KeptObjects()
         self._undo = undo
+        # token -> (client, content key -> Content): objects held for one graph a client will send
+        self._reservations: OrderedDict[str, tuple[str, dict[str, Content]]] = OrderedDict()
+        self._offered: dict[str, list[list[str]]] = {}  # client -> what it was last told is kept
 
     def undo(self) -> None:
         undo, self._undo = self._undo, None
@@ -99,11 +108,46 @@ class _RoutePlugin(SchedulerPlugin):
         tasks = self.scheduler.tasks
         self.kept.drop_missing(tasks.__contains__)
         objects = [(h.key, h.nbytes) for h in submission.hoisted if h.key in tasks]
-        keep, release = self.kept.used(client, objects, limit)
+        keep, release = self.kept.used(client, objects, limit, submission.contents)
         self._apply(keep, release)
+
+    def offer(self, client: str) -> None:
+        """Tell ``client`` (one whose graphs carry dedupgraph's settings) which kept objects it may leave out."""
+        self.kept.drop_missing(self.scheduler.tasks.__contains__)
+        offered = self.kept.offered(SPARE_MIN_BYTES, outline)
+        comm = self.scheduler.client_comms.get(client)
+        if comm is None or self._offered.get(client) == offered:
+            return
+        self._offered[client] = offered
+        comm.send({"op": OFFER_OP, "objects": offered})
+
+    def reserve(self, client: str, keys: list[str]) -> dict[str, Any]:
+        """The ``dedupgraph_reserve`` handler: hold the kept objects of ``keys`` for ``client``'s next graph.
+
+        Answers the token that graph names and the keys found; the objects are
+        held until that graph is unpickled here, whatever the kept objects do
+        meanwhile (see ``dedupgraph.routes.distributed.uploads``).
+        """
+        self.kept.drop_missing(self.scheduler.tasks.__contains__)
+        found = self.kept.find(keys)
+        if not found:
+            return {"token": None, "found": []}
+        token = uuid.uuid4().hex
+        self._reservations[token] = (client, found)
+        while len(self._reservations) > MAX_RESERVATIONS:
+            self._reservations.popitem(last=False)
+        return {"token": token, "found": list(found)}
+
+    def take(self, token: str) -> dict[str, Content] | None:
+        """The objects reserved under ``token``, now let go of here; None if unknown."""
+        reserved = self._reservations.pop(token, None)
+        return None if reserved is None else reserved[1]
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
         self._apply([], self.kept.client_closed(client))
+        self._offered.pop(client, None)
+        for token in [t for t, (owner, _) in self._reservations.items() if owner == client]:
+            del self._reservations[token]
 
     def restart(self, scheduler: Scheduler) -> None:
         self.kept.forget()  # the restart released every key, ours included
@@ -124,7 +168,7 @@ class _RoutePlugin(SchedulerPlugin):
             logger.debug("dedupgraph: let go of %d kept object(s)", len(release))
 
     def _limit(self, reuse_limit: float | int) -> int:
-        from distributed.system import MEMORY_LIMIT
+        from distributed.system import MEMORY_LIMIT  # this process's: the scheduler's memory
 
         workers = [ws.memory_limit for ws in self.scheduler.workers.values()]
         return limit_in_bytes(reuse_limit, workers, MEMORY_LIMIT)
@@ -185,22 +229,33 @@ def _install(scheduler: Scheduler) -> None:
         except Exception:
             logger.warning("dedupgraph scheduler route failed; graph left unchanged", exc_info=True)
             observations.add(GraphRecord(FAILED, SUBMISSION))
-            return None
-        return _Submitted(route, submission, message.get("client"))
+            # no route on this graph, but kept objects the client left out of it are put back
+            return _Submitted(None, Submission(), message.get("client"), plugin.take)
+        return _Submitted(route, submission, message.get("client"), plugin.take)
 
     def on_done(handler: Any) -> None:
         if isinstance(handler, _Submitted) and handler.client is not None:
             try:
                 plugin.keep(handler.client, handler.submission)
+                if handler.submission.client_settings is not None:  # a client with dedupgraph's client side
+                    plugin.offer(handler.client)
             except Exception:  # keeping is a saving: never in the way of the computation
                 logger.warning("dedupgraph: keeping hoisted objects for reuse failed", exc_info=True)
+            finally:
+                handler.submission.contents, handler.submission.restored = {}, []  # the objects: not held here
+
+    async def reserve(client: str, keys: list[str]) -> dict[str, Any]:
+        return plugin.reserve(client, keys)
 
     hold_materialize()
     unwrap = wrap_update_graph(scheduler, on_submission, on_done)
+    scheduler.handlers[RESERVE_OP] = reserve
 
     def undo() -> None:
         unwrap()
         release_materialize()
+        if scheduler.handlers.get(RESERVE_OP) is reserve:
+            del scheduler.handlers[RESERVE_OP]
 
     # on_done reads ``plugin`` only once a graph has arrived, on this same event loop: after this line
     plugin = _RoutePlugin(scheduler, route, undo, observations)
@@ -216,11 +271,22 @@ def _install(scheduler: Scheduler) -> None:
 class _Submitted:
     """The handler of one submission: the route on its graph; afterwards, what the plugin keeps of it."""
 
-    def __init__(self, route: Route, submission: Submission, client: str | None) -> None:
+    def __init__(self, route: Route | None, submission: Submission, client: str | None, take: Any) -> None:
         self.route, self.submission, self.client = route, submission, client
+        self._take = take
 
     def __call__(self, materialize: Any, expr: Any, validate: bool) -> Any:
+        if self.route is None:  # the route failed on this submission: distributed's graph as it is
+            return materialize(expr, validate)
         return self.route.handle(materialize, expr, validate, self.submission)
+
+    def reserved(self, token: str) -> dict[str, Any] | None:
+        """While the graph is unpickled: the objects reserved for it under ``token`` (content key -> object)."""
+        found = self._take(token)
+        if found is None:
+            return None
+        self.submission.restored.extend(found.values())
+        return {key: content.value for key, content in found.items()}
 
 
 def uninstall(scheduler: Scheduler) -> None:

@@ -32,20 +32,38 @@ pushes it out or :meth:`forget` drops everything.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 #: the pseudo-client that wants the kept keys on the scheduler
 KEEPER = "dedupgraph-reuse"
 
 
+@dataclass(frozen=True)
+class Content:
+    """What the pass made of one hoisted object: its content key (``dedup-<type>-<digest>``), fingerprint and value."""
+
+    key: str
+    fingerprint: Any
+    value: Any = field(repr=False)
+
+
 @dataclass
 class KeptObject:
-    """One kept key: its pickled size and the clients whose graphs used it."""
+    """One kept key: its pickled size, the clients whose graphs used it, and its content.
+
+    ``content``: the object itself, as the scheduler unpickled it, under the
+    key the pass gave its content (the graph key may differ, as with
+    ``share="host"``): what a client that leaves the object out of a later
+    graph is told of, and what the scheduler puts back
+    (``dedupgraph.routes.distributed.uploads``).
+    """
 
     key: Hashable
     nbytes: int
     clients: set[str] = field(default_factory=set)
+    content: Content | None = None
 
 
 class KeptObjects:
@@ -55,11 +73,18 @@ class KeptObjects:
         self._entries: OrderedDict[Hashable, KeptObject] = OrderedDict()
         self.total_bytes = 0
 
-    def used(self, client: str, objects: Iterable[tuple[Hashable, int]], limit: int) -> tuple[list[Hashable], list[Hashable]]:
+    def used(
+        self,
+        client: str,
+        objects: Iterable[tuple[Hashable, int]],
+        limit: int,
+        contents: Mapping[Hashable, Content] | None = None,
+    ) -> tuple[list[Hashable], list[Hashable]]:
         """A graph of ``client`` used these ``(key, pickled size)``: (keys now kept, keys let go).
 
         The objects of this graph count as the most recently used; the
         least recently used are let go until the rest fits in ``limit``.
+        ``contents``: key -> its :class:`Content`, for the keys that have one.
         """
         added: list[Hashable] = []
         for key, nbytes in objects:
@@ -70,6 +95,8 @@ class KeptObjects:
                 entry = self._entries[key] = KeptObject(key, nbytes)
                 self.total_bytes += nbytes
                 added.append(key)
+            if contents and key in contents and entry.content is None:
+                entry.content = contents[key]
             entry.clients.add(client)
             self._entries.move_to_end(key)
         released = self._shrink_to(limit)
@@ -96,6 +123,25 @@ class KeptObjects:
         for key in [key for key in self._entries if not exists(key)]:
             self._remove(key)
 
+    def offered(self, min_bytes: int, outline: Callable[[Any], str]) -> list[list[str]]:
+        """``[type name, outline, content key]`` of each kept object of at least ``min_bytes``: what clients may leave out.
+
+        >>> kept = KeptObjects()
+        >>> content = Content("dedup-list-aa", None, [0])
+        >>> _ = kept.used("c", [("dedup-list-aa", 5000), ("dedup-list-bb", 50)], 10**6, {"dedup-list-aa": content})
+        >>> kept.offered(1000, lambda value: f"len {len(value)}"), kept.find(["dedup-list-aa", "dedup-list-cc"]) == {"dedup-list-aa": content}
+        ([['list', 'len 1', 'dedup-list-aa']], True)
+        """
+        return [
+            [type(e.content.value).__name__, outline(e.content.value), e.content.key] for e in self._entries.values()
+            if e.content is not None and e.nbytes >= min_bytes
+        ]
+
+    def find(self, contents: Iterable[str]) -> dict[str, Content]:
+        """Content key -> its :class:`Content`, for those of ``contents`` kept here."""
+        wanted = set(contents)
+        return {e.content.key: e.content for e in self._entries.values() if e.content is not None and e.content.key in wanted}
+
     def entries(self) -> list[KeptObject]:
         """The kept keys, least recently used first."""
         return list(self._entries.values())
@@ -112,19 +158,20 @@ class KeptObjects:
         return key
 
 
-def limit_in_bytes(reuse_limit: float | int, worker_memory_limits: Iterable[int | None], host_memory: int) -> int:
-    """The ``reuse-limit`` setting in bytes: a size as it is; a fraction of the smallest worker's memory limit.
+def limit_in_bytes(reuse_limit: float | int, worker_memory_limits: Iterable[int | None], scheduler_memory: int) -> int:
+    """The ``reuse-limit`` setting in bytes: a size as it is; a fraction of the smallest memory that holds copies.
 
     >>> limit_in_bytes(2**32, [], 0), limit_in_bytes(0.1, [8_000, 4_000, None], 64_000)
     (4294967296, 400)
-    >>> limit_in_bytes(0.1, [None], 64_000), limit_in_bytes(0, [4_000], 64_000)  # no limits: the host's memory
-    (6400, 0)
+    >>> limit_in_bytes(0.1, [None], 64_000), limit_in_bytes(0.1, [80_000], 16_000), limit_in_bytes(0, [4_000], 64_000)
+    (6400, 1600, 0)
 
-    Each worker may hold a copy of every kept object, so the fraction is of
-    the smallest worker.  Workers without a memory limit count as the host's
-    memory (``host_memory``, the scheduler's host when nothing better is known).
+    Each worker may hold a copy of every kept object, and the scheduler holds
+    one in each kept task's recipe: the fraction is of the smallest of the
+    workers' memory limits and the scheduler's memory (``scheduler_memory``).
+    Workers without a memory limit do not count.
     """
     if isinstance(reuse_limit, int):
         return reuse_limit
-    limits = [limit for limit in worker_memory_limits if limit]
-    return int(reuse_limit * (min(limits) if limits else host_memory))
+    limits = [limit for limit in worker_memory_limits if limit] + [scheduler_memory]
+    return int(reuse_limit * min(limits))

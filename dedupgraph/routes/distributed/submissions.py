@@ -42,8 +42,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask._task_spec import GraphNode
@@ -51,7 +51,7 @@ from dask._task_spec import GraphNode
 from dedupgraph.core.fingerprint import FingerprintMemo
 from dedupgraph.core.layer_hoisting import LayerHoisting, installed
 from dedupgraph.core.pipeline import Graph, announce, collection_paused, deduplicate_with_plan
-from dedupgraph.core.plan import Plan
+from dedupgraph.core.plan import Hoist, Plan
 from dedupgraph.core.prescan import expressions, nothing_large
 from dedupgraph.once import Once
 from dedupgraph.placement import in_graph
@@ -73,6 +73,7 @@ from dedupgraph.routes.distributed.records import (
     GraphRecord,
     HoistedObject,
 )
+from dedupgraph.routes.distributed.reuse import Content
 from dedupgraph.routes.distributed.wire import from_wire, wants_plain
 from dedupgraph.settings import Settings, first_report
 
@@ -102,6 +103,11 @@ class Submission:
     #: ``reuse-limit`` of the settings that governed it (what the scheduler may keep of them)
     hoisted: tuple[HoistedObject, ...] = ()
     reuse_limit: float | int = 0
+    #: filled by the route: graph key -> what the pass made of the object, for the keys of ``hoisted``
+    contents: dict[Hashable, Content] = field(default_factory=dict)
+    #: objects the scheduler put back into this graph (``dedupgraph.routes.distributed.uploads``):
+    #: their fingerprints are known, and not taken again
+    restored: list[Content] = field(default_factory=list)
 
 
 class Route:
@@ -128,6 +134,7 @@ class Route:
         finally:
             if notes.outcome == DEDUPLICATED:
                 submission.hoisted, submission.reuse_limit = notes.hoisted, notes.reuse_limit
+                submission.contents = notes.contents
             if self.observer is not None:
                 self._tell(notes, time.thread_time() - started)
 
@@ -140,6 +147,8 @@ class Route:
             if settings is None:  # the client's settings were invalid: it asked for plain dask
                 return notes.counted(materialize(expr, validate), UNCHANGED, SETTINGS)
             memo = FingerprintMemo.for_pass(settings)  # the prescan's and the pass's: one pickle per object
+            for content in submission.restored:
+                memo.seed(content.value, content.fingerprint)
             notes.reuse_limit = settings.reuse_limit
         except Exception as e:
             _report_failure(e)
@@ -179,6 +188,7 @@ class Route:
                 plain = None if _culled_later(expr) else (lambda: dsk)
             self._as_plain(out, hoisted, plain, annotations_by_type, submission)
             notes.hoisted = hoisted_objects(plans, hoisted)
+            notes.contents = hoisted_contents(plans, notes.hoisted)
             notes.outcome, notes.cause = (DEDUPLICATED, "") if notes.hoisted else (UNCHANGED, NOTHING_TO_HOIST)
             return out, annotations_by_type
         except Exception:
@@ -278,7 +288,7 @@ _observer_failure_told = Once()
 class _Notes:
     """What the route learns about one graph while it works on it; a :class:`GraphRecord` at the end."""
 
-    __slots__ = ("outcome", "cause", "tasks", "hoisted", "fallbacks", "reuse_limit")
+    __slots__ = ("outcome", "cause", "tasks", "hoisted", "fallbacks", "reuse_limit", "contents")
 
     def __init__(self) -> None:
         # left so only when distributed's materialization raised: nothing else escapes the route
@@ -287,6 +297,7 @@ class _Notes:
         self.hoisted: tuple[HoistedObject, ...] = ()
         self.fallbacks: list[str] = []
         self.reuse_limit: float | int = 0
+        self.contents: dict[Hashable, Content] = {}
 
     def counted(self, materialized: tuple[Graph, AnnotationsByType], outcome: str, cause: str) -> tuple[Graph, AnnotationsByType]:
         """``materialized``, noted as the graph's outcome."""
@@ -311,6 +322,19 @@ def hoisted_objects(plans: list[Plan], added: list[Hashable]) -> tuple[HoistedOb
     """
     added_keys = [key for key in added if isinstance(key, str)]
     found: dict[str, HoistedObject] = {}
+    for hoist, key in _graph_keys(plans, added_keys):
+        found[key] = HoistedObject(key, hoist.fingerprint.label, hoist.fingerprint.nbytes, len(hoist.tasks))
+    return tuple(found.values())
+
+
+def hoisted_contents(plans: list[Plan], hoisted: tuple[HoistedObject, ...]) -> dict[Hashable, Content]:
+    """Graph key -> what the pass made of the object under it, for each of ``hoisted``."""
+    keys = [h.key for h in hoisted]
+    return {key: Content(hoist.key, hoist.fingerprint, hoist.value) for hoist, key in _graph_keys(plans, keys)}
+
+
+def _graph_keys(plans: list[Plan], added_keys: list[str]) -> Iterator[tuple[Hoist, str]]:
+    # each hoist of the plans, with the key it got in the graph, if one of ``added_keys``
     for plan in plans:
         for hoist in plan.hoists.values():
             key: str | None = hoist.key
@@ -318,8 +342,7 @@ def hoisted_objects(plans: list[Plan], added: list[Hashable]) -> tuple[HoistedOb
                 tail = hoist.key.removeprefix("dedup-")
                 key = next((k for k in added_keys if k.endswith(tail)), None)
             if key is not None:
-                found[key] = HoistedObject(key, hoist.fingerprint.label, hoist.fingerprint.nbytes, len(hoist.tasks))
-    return tuple(found.values())
+                yield hoist, key
 
 
 def _as_dict(graph: Mapping[Hashable, Any]) -> Graph:
