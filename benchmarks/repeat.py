@@ -133,16 +133,19 @@ class SentGraphs:
     """Counts the bytes of the ``update-graph`` messages one client sends."""
 
     def __init__(self, client: Client) -> None:
-        self.total = 0
+        self.graphs: list[int] = []  #: the bytes of each, in the order sent
         send = client._send_to_scheduler
 
         def counted(msg: dict[str, Any]) -> None:
             if msg.get("op") == "update-graph":
-                serialized = msg["expr_ser"]
-                self.total += sum(memoryview(frame).nbytes for frame in serialized.frames)
+                self.graphs.append(sum(memoryview(frame).nbytes for frame in msg["expr_ser"].frames))
             send(msg)
 
         client._send_to_scheduler = counted  # type: ignore[method-assign]
+
+    @property
+    def total(self) -> int:
+        return sum(self.graphs)
 
 
 @contextlib.contextmanager

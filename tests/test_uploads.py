@@ -16,6 +16,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 import dedupgraph
+from dedupgraph.benchmarks.repeat import SentGraphs
 from dedupgraph.routes.distributed import client as client_side
 from dedupgraph.routes.distributed.plugin import forget_kept
 from dedupgraph.routes.distributed.uploads import SPARE_MIN_BYTES, pickle_sparing, restore
@@ -24,21 +25,6 @@ from payloads import HoistedRuns, Mapper, uses_mapper
 
 DEADLINE = 120  # seconds: generous, for a loaded machine
 ROWS = 2**18  # an int64 Series of 2 MiB: above SPARE_MIN_BYTES
-
-
-class Sent:
-    """The bytes of the graphs one client sends (its ``update-graph`` messages)."""
-
-    def __init__(self, client: Client) -> None:
-        self.graphs: list[int] = []
-        send = client._send_to_scheduler
-
-        def counted(msg: dict[str, Any]) -> None:
-            if msg.get("op") == "update-graph":
-                self.graphs.append(sum(memoryview(f).nbytes for f in msg["expr_ser"].frames))
-            send(msg)
-
-        client._send_to_scheduler = counted
 
 
 def _offered(client: Client) -> bool:
@@ -90,7 +76,7 @@ def _object_bytes(mapper: Mapper) -> int:
 @pytest.mark.parametrize("collection", ["array", "dataframe", "submit"])
 def test_a_later_graph_leaves_the_kept_object_out(cluster, runs, client, collection):
     mapper = Mapper(rows=ROWS)
-    sent = Sent(client)
+    sent = SentGraphs(client)
 
     def compute() -> list[int]:
         if collection == "array":
@@ -116,7 +102,7 @@ def test_a_later_graph_leaves_the_kept_object_out(cluster, runs, client, collect
 
 def test_an_object_changed_in_place_travels_again_and_gives_plain_dasks_result(runs, client):
     mapper = Mapper(rows=ROWS)
-    sent = Sent(client)
+    sent = SentGraphs(client)
     client.compute(_array(mapper)).result()
     assert _offered(client)
     mapper.s.iloc[-1] = 10**6  # in place, between two computations: a new content
@@ -129,7 +115,7 @@ def test_an_object_changed_in_place_travels_again_and_gives_plain_dasks_result(r
 
 def test_an_object_let_go_of_before_the_graph_travels_again(runs, client):
     mapper = Mapper(rows=ROWS)
-    sent = Sent(client)
+    sent = SentGraphs(client)
     client.compute(_array(mapper)).result()
     assert _offered(client)
     assert dedupgraph.forget(client)["objects"] == 1  # the client was told of it, and still believes it kept
@@ -140,7 +126,7 @@ def test_an_object_let_go_of_before_the_graph_travels_again(runs, client):
 
 def test_an_object_let_go_of_after_it_was_reserved_is_put_back_all_the_same(runs, client, monkeypatch):
     mapper = Mapper(rows=ROWS)
-    sent = Sent(client)
+    sent = SentGraphs(client)
     client.compute(_array(mapper)).result()
     assert _offered(client)
     reserve = client_side.reserve
@@ -162,7 +148,7 @@ def test_an_object_let_go_of_after_it_was_reserved_is_put_back_all_the_same(runs
 
 def test_of_equal_copies_only_one_is_left_out(runs, client):
     mapper, twin = Mapper(rows=ROWS), Mapper(rows=ROWS)  # equal contents, distinct objects
-    sent = Sent(client)
+    sent = SentGraphs(client)
     client.compute(_array(mapper)).result()
     assert _offered(client)
     # (offset: another layer; dask names layers by their arguments' tokens, equal for equal contents)
@@ -174,7 +160,7 @@ def test_of_equal_copies_only_one_is_left_out(runs, client):
 
 def test_with_reuse_limit_zero_on_the_client_everything_travels(runs, client):
     mapper = Mapper(rows=ROWS)
-    sent = Sent(client)
+    sent = SentGraphs(client)
     client.compute(_array(mapper)).result()
     assert _offered(client)
     with dedupgraph.enable(reuse_limit=0):
@@ -187,7 +173,7 @@ def test_an_asynchronous_client_sends_the_object_and_the_scheduler_still_reuses_
 
     async def twice() -> tuple[list[int], list[int], bool]:
         async with Client(cluster.scheduler_address, asynchronous=True) as client:
-            sent = Sent(client)
+            sent = SentGraphs(client)
             results = []
             for _ in range(2):
                 results.append((await client.compute(_array(mapper))).tolist())
@@ -206,7 +192,7 @@ def test_reuse_never_crosses_schedulers(cluster, runs, client):
     with dedupgraph.enable():
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as other:
             with Client(other, set_as_default=False) as elsewhere:
-                sent = Sent(elsewhere)
+                sent = SentGraphs(elsewhere)
                 assert elsewhere.compute(_array(mapper)).result().tolist() == [uses_mapper(i, mapper) for i in range(40)]
                 assert sent.graphs[0] > _object_bytes(mapper)
 

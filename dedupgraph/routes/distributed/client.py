@@ -402,10 +402,10 @@ class _Uploads:
             pickled = pickle_sparing(expr, self.offer.kept)
             if not pickled.spared:
                 return Prepickled(None, pickled)
-            answer = client.sync(reserve, client, list(pickled.spared), callback_timeout=RESERVE_TIMEOUT_S)
+            answer = client.sync(reserve, client, sorted(pickled.spared), callback_timeout=RESERVE_TIMEOUT_S)
             found = set(answer["found"])
             if len(found) < len(pickled.spared):
-                self.offer.missing(set(pickled.spared) - found)
+                self.offer.missing(pickled.spared - found)
                 if not found:
                     return Prepickled(None, pickle_sparing(expr, {}))
                 pickled = pickle_sparing(expr, {described: keys & found for described, keys in self.offer.kept.items()})

@@ -34,7 +34,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dedupgraph.core.fingerprint import Fingerprint
 
 #: the pseudo-client that wants the kept keys on the scheduler
 KEEPER = "dedupgraph-reuse"
@@ -45,7 +48,7 @@ class Content:
     """What the pass made of one hoisted object: its content key (``dedup-<type>-<digest>``), fingerprint and value."""
 
     key: str
-    fingerprint: Any
+    fingerprint: Fingerprint
     value: Any = field(repr=False)
 
 
@@ -127,7 +130,8 @@ class KeptObjects:
         """``[type name, outline, content key]`` of each kept object of at least ``min_bytes``: what clients may leave out.
 
         >>> kept = KeptObjects()
-        >>> content = Content("dedup-list-aa", None, [0])
+        >>> from dedupgraph.core.fingerprint import Fingerprint
+        >>> content = Content("dedup-list-aa", Fingerprint("aa", 5000, "list"), [0])
         >>> _ = kept.used("c", [("dedup-list-aa", 5000), ("dedup-list-bb", 50)], 10**6, {"dedup-list-aa": content})
         >>> kept.offered(1000, lambda value: f"len {len(value)}"), kept.find(["dedup-list-aa", "dedup-list-cc"]) == {"dedup-list-aa": content}
         ([['list', 'len 1', 'dedup-list-aa']], True)

@@ -125,7 +125,7 @@ class Pickled:
 
     payload: bytes
     buffers: list[pickle.PickleBuffer]
-    spared: dict[str, int]  #: content key -> pickled bytes of each object left out
+    spared: set[str]  #: the content keys of the objects left out
 
     @property
     def nbytes(self) -> int:
@@ -154,7 +154,7 @@ class _SparingPickler(cloudpickle.Pickler):
         self._names = {name for name, _ in kept}
         self._types: dict[int, bool] = {}  # id of a type -> whether objects of it may be kept ones
         self._seen: dict[int, tuple[Any, str | None]] = {}  # id -> (object, its persistent id)
-        self.spared: dict[str, int] = {}
+        self.spared: set[str] = set()
 
     def persistent_id(self, obj: Any) -> str | None:  # called for every object pickled: kept cheap
         typ = type(obj)
@@ -166,18 +166,17 @@ class _SparingPickler(cloudpickle.Pickler):
         seen = self._seen.get(id(obj))
         if seen is not None:
             return seen[1]
-        pid = fp = None
+        pid = None
         keys = self._kept.get((typ.__name__, outline(obj)))
         if keys:
             try:
-                fp = content_fingerprint(obj)
+                key = self._hoisted_key(content_fingerprint(obj))
             except Exception:  # noqa: BLE001  (pickled below as usual, and fails there if it must)
-                fp = None
-        if fp is not None and fp.nbytes >= SPARE_MIN_BYTES:
-            key = self._hoisted_key(fp)
+                key = None
+            # only kept objects of SPARE_MIN_BYTES or more are offered: a key found is one of them
             if key in keys and key not in self.spared:
                 pid = key
-                self.spared[key] = fp.nbytes
+                self.spared.add(key)
         self._seen[id(obj)] = (obj, pid)  # the object held: its id stays its own
         return pid
 
@@ -204,17 +203,16 @@ def restore(token: str | None, buffers: list[Any]) -> Any:
     The reservation is the scheduler's own: its route's handler for this
     graph (``dedupgraph.routes.distributed.hook.current_handler``) gives it.
     """
-    values: Mapping[str, Any] = {}
-    if token is not None:
-        reserved = getattr(current_handler(), "reserved", None)
-        found = reserved(token) if callable(reserved) else None
-        if found is None:
-            raise RuntimeError(
-                "dedupgraph: this graph leaves out objects the scheduler kept for it, but this scheduler "
-                f"holds no reservation {token!r} (did the client reconnect to another scheduler between "
-                "reserving and sending?). Compute again: the objects will travel."
-            )
-        values = found
+    if token is None:
+        return unpickle_restoring(buffers[0], buffers[1:], {})
+    reserved = getattr(current_handler(), "reserved", None)
+    values = reserved(token) if callable(reserved) else None
+    if values is None:
+        raise RuntimeError(
+            "dedupgraph: this graph leaves out objects the scheduler kept for it, but this scheduler "
+            f"holds no reservation {token!r} (did the client reconnect to another scheduler between "
+            "reserving and sending?). Compute again: the objects will travel."
+        )
     return unpickle_restoring(buffers[0], buffers[1:], values)
 
 
