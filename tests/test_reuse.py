@@ -154,6 +154,19 @@ def test_forget_lets_go_of_everything_kept(cluster, runs):
         assert dedupgraph.forget(client) == {"objects": 0, "bytes": 0}
 
 
+def test_small_hoisted_objects_are_not_kept(cluster, runs):
+    small = np.arange(2_500)  # hoisted (20 KB, in 20 tasks), below KEEP_MIN_BYTES
+    with dedupgraph.enable(), Client(cluster, set_as_default=False) as client:
+        assert client.compute(da.arange(40, chunks=2).map_blocks(_add_len, small)).result().tolist() == [
+            i + len(small) for i in range(40)
+        ]
+        assert runs.runs and _kept_keys(cluster) == []
+
+
+def _add_len(block, table):
+    return block + len(table)
+
+
 def test_reuse_limit_zero_keeps_nothing(cluster, runs):
     with dedupgraph.enable(reuse_limit=0), Client(cluster, set_as_default=False) as client:
         client.compute(_array(Mapper(rows=35_000))).result()

@@ -48,7 +48,7 @@ from dedupgraph.routes.distributed.hook import (
     wrap_update_graph,
 )
 from dedupgraph.routes.distributed.records import FAILED, SUBMISSION, GraphRecord, Observations
-from dedupgraph.routes.distributed.reuse import KEEPER, Content, KeptObjects, limit_in_bytes
+from dedupgraph.routes.distributed.reuse import KEEP_MIN_BYTES, KEEPER, Content, KeptObjects, limit_in_bytes
 from dedupgraph.routes.distributed.submissions import Route, Submission
 from dedupgraph.routes.distributed.uploads import OFFER_OP, RESERVE_OP, SPARE_MIN_BYTES, outline
 from dedupgraph.routes.distributed.wire import FIELD
@@ -107,7 +107,7 @@ class _RoutePlugin(SchedulerPlugin):
         limit = min(self._limit(submission.reuse_limit), self._limit(_own_reuse_limit()))
         tasks = self.scheduler.tasks
         self.kept.drop_missing(tasks.__contains__)
-        objects = [(h.key, h.nbytes) for h in submission.hoisted if h.key in tasks]
+        objects = [(h.key, h.nbytes) for h in submission.hoisted if h.key in tasks and h.nbytes >= KEEP_MIN_BYTES]
         keep, release = self.kept.used(client, objects, limit, submission.contents)
         self._apply(keep, release)
 

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 #: the pseudo-client that wants the kept keys on the scheduler
 KEEPER = "dedupgraph-reuse"
+#: hoisted objects pickled smaller than this are not kept: shipping them again
+#: costs about what holding their key between computations does
+KEEP_MIN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
