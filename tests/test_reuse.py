@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -242,3 +243,49 @@ def test_a_kept_object_lost_with_its_worker_is_recomputed_and_reuse_never_crosse
                 two.scheduler.add_plugin(runs)
                 assert other.compute(_array(mapper)).result().tolist() == expected
                 assert runs.runs == {key: 1}  # the other scheduler ran it itself
+
+
+def test_kept_objects_keep_their_copies_between_computations_other_keys_do_not(cluster, runs):
+    # distributed's Active Memory Manager drops every copy but one of a key no task waits for;
+    # a kept object keeps its copy on each worker that used it, so no later computation copies it again
+    mapper = Mapper(30_011)
+    expected = [uses_mapper(i, mapper) for i in range(40)]
+    a, b = sorted(cluster.scheduler.workers)
+    with Client(cluster) as client:
+        assert client.compute(_array(mapper), workers=[a]).result().tolist() == expected
+        (key,) = _kept_keys(cluster)
+        assert client.compute(_array(mapper), workers=[b]).result().tolist() == expected  # needs it on b too
+        _poll(lambda: _holders(cluster, key) == {a, b}, "a copy on each worker that used it")
+        other = client.scatter(np.arange(100_000), broadcast=True)
+        _poll(lambda: _holders(cluster, other.key) == {a, b}, "the scattered array on both workers")
+        client.amm.run_once()
+        _poll(lambda: len(_holders(cluster, other.key)) == 1, "ReduceReplicas dropping the surplus scattered copy")
+        assert _holders(cluster, key) == {a, b}  # the same run left the kept object's copies alone
+        assert client.compute(_array(mapper)).result().tolist() == expected
+        assert runs.runs == {key: 1}
+        dedupgraph.forget(client)
+        _poll(lambda: key not in cluster.scheduler.tasks, "the kept object let go of")
+
+
+def _holders(cluster, key) -> set[str]:
+    ts = cluster.scheduler.tasks.get(key)
+    return {ws.address for ws in ts.who_has or ()} if ts is not None else set()
+
+
+def test_the_route_wraps_reduce_replicas_and_gives_it_back_when_it_goes():
+    from distributed import Scheduler
+    from distributed.active_memory_manager import ReduceReplicas
+
+    from dedupgraph.routes.activation import SCHEDULER_PRELOAD
+    from dedupgraph.routes.distributed.plugin import uninstall
+    from dedupgraph.routes.distributed.replicas import KeptCopiesStay
+
+    async def policies_with_and_without_the_route():
+        async with Scheduler(dashboard_address=":0", preload=[SCHEDULER_PRELOAD]) as scheduler:
+            policies = scheduler.extensions["amm"].policies
+            with_route = sorted(type(p).__name__ for p in policies)
+            (wrapper,) = [p for p in policies if isinstance(p, KeptCopiesStay)]
+            uninstall(scheduler)
+            return with_route, wrapper.policy in policies and isinstance(wrapper.policy, ReduceReplicas), wrapper in policies
+
+    assert asyncio.run(policies_with_and_without_the_route()) == (["KeptCopiesStay"], True, False)

@@ -21,6 +21,15 @@ One graph's way through it, in the order it is entered:
   plugin's account of them per scheduler (read by ``dedupgraph.tools.observe``
   for the page, ``/metrics`` and ``dedupgraph status``).
 
+Across computations, the plugin keeps hoisted objects for later graphs:
+
+- ``reuse``: which keys it keeps, within ``reuse-limit``, least recently
+  used first out;
+- ``replicas``: the Active Memory Manager leaves their copies on the
+  workers that used them;
+- ``uploads``: a client leaves a kept object out of a later graph, and the
+  scheduler puts it back.
+
 Modules here import the pass, placement and the other routes' modules; none
 of those imports this package, except ``deduplicate``, which asks the
 client side whether the scheduler imports dedupgraph.

@@ -48,6 +48,7 @@ from dedupgraph.routes.distributed.hook import (
     wrap_update_graph,
 )
 from dedupgraph.routes.distributed.records import FAILED, SUBMISSION, GraphRecord, Observations
+from dedupgraph.routes.distributed.replicas import keep_copies
 from dedupgraph.routes.distributed.reuse import KEEP_MIN_BYTES, KEEPER, Content, KeptObjects, limit_in_bytes
 from dedupgraph.routes.distributed.submissions import Route, Submission
 from dedupgraph.routes.distributed.uploads import OFFER_OP, RESERVE_OP, SPARE_MIN_BYTES, outline
@@ -250,16 +251,20 @@ def _install(scheduler: Scheduler) -> None:
     hold_materialize()
     unwrap = wrap_update_graph(scheduler, on_submission, on_done)
     scheduler.handlers[RESERVE_OP] = reserve
+    restore_policies = None
 
     def undo() -> None:
         unwrap()
         release_materialize()
         if scheduler.handlers.get(RESERVE_OP) is reserve:
             del scheduler.handlers[RESERVE_OP]
+        if restore_policies is not None:
+            restore_policies()
 
     # on_done reads ``plugin`` only once a graph has arrived, on this same event loop: after this line
     plugin = _RoutePlugin(scheduler, route, undo, observations)
     try:
+        restore_policies = keep_copies(scheduler, plugin.kept.holds)  # kept objects keep their copies
         scheduler.add_plugin(plugin, idempotent=True)
     except Exception:
         undo()

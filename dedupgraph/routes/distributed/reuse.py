@@ -149,6 +149,10 @@ class KeptObjects:
         wanted = set(contents)
         return {e.content.key: e.content for e in self._entries.values() if e.content is not None and e.content.key in wanted}
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether ``key`` is kept here."""
+        return key in self._entries
+
     def entries(self) -> list[KeptObject]:
         """The kept keys, least recently used first."""
         return list(self._entries.values())
