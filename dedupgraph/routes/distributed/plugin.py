@@ -36,6 +36,7 @@ import logging
 import sys
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -251,7 +252,7 @@ def _install(scheduler: Scheduler) -> None:
     hold_materialize()
     unwrap = wrap_update_graph(scheduler, on_submission, on_done)
     scheduler.handlers[RESERVE_OP] = reserve
-    restore_policies = None
+    restore_policies: Callable[[], None] | None = None  # set once the plugin exists
 
     def undo() -> None:
         unwrap()

@@ -67,7 +67,7 @@ def keep_copies(scheduler: Scheduler, kept: Callable[[Hashable], bool]) -> Calla
     manager = scheduler.extensions.get("amm")
     if manager is None:
         return lambda: None
-    wrapped = []
+    wrapped: list[tuple[ReduceReplicas, KeptCopiesStay]] = []
     for policy in list(manager.policies):
         if isinstance(policy, ReduceReplicas):
             wrapper = KeptCopiesStay(policy, kept)
