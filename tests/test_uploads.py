@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 import dedupgraph
 from dedupgraph.benchmarks.repeat import SentGraphs
 from dedupgraph.routes.distributed import client as client_side
-from dedupgraph.routes.distributed.plugin import forget_kept
+from dedupgraph.routes.distributed.plugin import forget_kept, observations
 from dedupgraph.routes.distributed.uploads import SPARE_MIN_BYTES, pickle_sparing, restore
 
 from payloads import HoistedRuns, Mapper, uses_mapper
@@ -221,3 +221,17 @@ def test_importing_dedupgraph_imports_no_pandas():
         capture_output=True, text=True, check=True, timeout=120,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_a_kept_object_put_back_into_a_graph_whose_settings_exclude_its_type_stays_inline(cluster, runs, client):
+    # the first graph hoisted (and kept) the object; the later one, sent without it, excludes its type:
+    # the pass must leave it inline there, as it would if the object had travelled
+    mapper = Mapper(rows=ROWS)
+    sent = SentGraphs(client)
+    assert client.compute(_array(mapper)).result().tolist() == [uses_mapper(i, mapper) for i in range(40)]
+    assert _offered(client)
+    with dedupgraph.enable(exclude=[f"{Mapper.__module__}.{Mapper.__qualname__}"]):
+        assert client.compute(_array(mapper)).result().tolist() == [uses_mapper(i, mapper) for i in range(40)]
+    assert sent.graphs[1] < 0.01 * _object_bytes(mapper)  # it was left out of the graph, and put back
+    last = observations(cluster.scheduler).history()[-1]
+    assert (last.outcome, last.hoisted) == ("unchanged", ())

@@ -139,7 +139,18 @@ class FingerprintMemo:
         >>> memo.seed(table, content_fingerprint(table))
         >>> memo.fingerprint(table) == content_fingerprint(table), memo.pickled
         (True, 0)
+
+        The earlier pass may have had other settings: this memo's exclusions
+        judge the value as :meth:`fingerprint` would.
+
+        >>> memo = FingerprintMemo(min_bytes=1024, exclude=frozenset({"builtins.list"}))
+        >>> memo.seed(table, content_fingerprint(table))
+        >>> memo.fingerprint(table), memo.why_inline(table)
+        (None, 'excluded')
         """
+        if self.judge_exclusions and self._kept_inline(value):
+            self._seen[id(value)] = (value, None, EXCLUDED)
+            return
         self._seen[id(value)] = (value, fp, None)
         self._owners.setdefault(fp.digest, []).append([value, None])
 
