@@ -404,10 +404,8 @@ class _Uploads:
                 return Prepickled(None, pickled)
             answer = client.sync(reserve, client, sorted(pickled.spared), callback_timeout=RESERVE_TIMEOUT_S)
             found = set(answer["found"])
-            if len(found) < len(pickled.spared):
+            if len(found) < len(pickled.spared):  # again, sparing only what is reserved (token None: nothing)
                 self.offer.missing(pickled.spared - found)
-                if not found:
-                    return Prepickled(None, pickle_sparing(expr, {}))
                 pickled = pickle_sparing(expr, {described: keys & found for described, keys in self.offer.kept.items()})
             logger.debug("dedupgraph: left %d kept object(s) out of the graph", len(pickled.spared))
             return Prepickled(answer["token"], pickled)

@@ -277,7 +277,9 @@ def _install(scheduler: Scheduler) -> None:
 class _Submitted:
     """The handler of one submission: the route on its graph; afterwards, what the plugin keeps of it."""
 
-    def __init__(self, route: Route | None, submission: Submission, client: str | None, take: Any) -> None:
+    def __init__(
+        self, route: Route | None, submission: Submission, client: str | None, take: Callable[[str], dict[str, Content] | None]
+    ) -> None:
         self.route, self.submission, self.client = route, submission, client
         self._take = take
 

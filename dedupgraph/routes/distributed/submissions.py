@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from dask._task_spec import GraphNode
 from dedupgraph.core.fingerprint import FingerprintMemo
 from dedupgraph.core.layer_hoisting import LayerHoisting, installed
 from dedupgraph.core.pipeline import Graph, announce, collection_paused, deduplicate_with_plan
-from dedupgraph.core.plan import Hoist, Plan
+from dedupgraph.core.plan import Plan
 from dedupgraph.core.prescan import expressions, nothing_large
 from dedupgraph.once import Once
 from dedupgraph.placement import in_graph
@@ -187,8 +187,7 @@ class Route:
                 hoisted = [key for key in out if key not in dsk]
                 plain = None if _culled_later(expr) else (lambda: dsk)
             self._as_plain(out, hoisted, plain, annotations_by_type, submission)
-            notes.hoisted = hoisted_objects(plans, hoisted)
-            notes.contents = hoisted_contents(plans, notes.hoisted)
+            notes.hoisted, notes.contents = hoisted_objects(plans, hoisted)
             notes.outcome, notes.cause = (DEDUPLICATED, "") if notes.hoisted else (UNCHANGED, NOTHING_TO_HOIST)
             return out, annotations_by_type
         except Exception:
@@ -308,33 +307,23 @@ class _Notes:
         return GraphRecord(self.outcome, self.cause, self.tasks, self.hoisted, cpu_seconds, tuple(self.fallbacks))
 
 
-def hoisted_objects(plans: list[Plan], added: list[Hashable]) -> tuple[HoistedObject, ...]:
-    """The hoisted objects of ``plans``, each under the key it got in the graph (one of ``added``).
+def hoisted_objects(plans: list[Plan], added: list[Hashable]) -> tuple[tuple[HoistedObject, ...], dict[Hashable, Content]]:
+    """The hoisted objects of ``plans``, each under the key it got in the graph (one of ``added``), and their contents.
 
     >>> from dedupgraph.core.fingerprint import Fingerprint
     >>> from dedupgraph.core.plan import Hoist
     >>> hoist = Hoist("dedup-ndarray-" + "0" * 32, Fingerprint("0" * 32, 2400, "ndarray"), ("a", "b"), None)
-    >>> [h.key for h in hoisted_objects([Plan({"0" * 32: hoist})], ["dedup-host-ndarray-" + "0" * 32])]
-    ['dedup-host-ndarray-00000000000000000000000000000000']
+    >>> objects, contents = hoisted_objects([Plan({"0" * 32: hoist})], ["dedup-host-ndarray-" + "0" * 32])
+    >>> [h.key for h in objects], [c.key for c in contents.values()]
+    (['dedup-host-ndarray-00000000000000000000000000000000'], ['dedup-ndarray-00000000000000000000000000000000'])
 
     With ``share="host"`` an object placed in shared memory lives under a
-    key of its own, which ends as the plan's key does.
+    key of its own, which ends as the plan's key does; its :class:`Content`
+    keeps the plan's key, the one its content gives.
     """
     added_keys = [key for key in added if isinstance(key, str)]
-    found: dict[str, HoistedObject] = {}
-    for hoist, key in _graph_keys(plans, added_keys):
-        found[key] = HoistedObject(key, hoist.fingerprint.label, hoist.fingerprint.nbytes, len(hoist.tasks))
-    return tuple(found.values())
-
-
-def hoisted_contents(plans: list[Plan], hoisted: tuple[HoistedObject, ...]) -> dict[Hashable, Content]:
-    """Graph key -> what the pass made of the object under it, for each of ``hoisted``."""
-    keys = [h.key for h in hoisted]
-    return {key: Content(hoist.key, hoist.fingerprint, hoist.value) for hoist, key in _graph_keys(plans, keys)}
-
-
-def _graph_keys(plans: list[Plan], added_keys: list[str]) -> Iterator[tuple[Hoist, str]]:
-    # each hoist of the plans, with the key it got in the graph, if one of ``added_keys``
+    objects: dict[str, HoistedObject] = {}
+    contents: dict[Hashable, Content] = {}
     for plan in plans:
         for hoist in plan.hoists.values():
             key: str | None = hoist.key
@@ -342,7 +331,9 @@ def _graph_keys(plans: list[Plan], added_keys: list[str]) -> Iterator[tuple[Hois
                 tail = hoist.key.removeprefix("dedup-")
                 key = next((k for k in added_keys if k.endswith(tail)), None)
             if key is not None:
-                yield hoist, key
+                objects[key] = HoistedObject(key, hoist.fingerprint.label, hoist.fingerprint.nbytes, len(hoist.tasks))
+                contents[key] = Content(hoist.key, hoist.fingerprint, hoist.value)
+    return tuple(objects.values()), contents
 
 
 def _as_dict(graph: Mapping[Hashable, Any]) -> Graph:
